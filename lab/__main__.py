@@ -1,0 +1,83 @@
+"""Command line of the lab: python3 -m lab {up,down,status,kill,partition,heal,corrupt,churn,exec}."""
+import argparse
+import json
+import sys
+
+from .core import DEFAULT_STATE, DEFAULT_SUBNET, MAX_HOSTS, Lab, LabError
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m lab", description=__doc__)
+    parser.add_argument("--state", default=str(DEFAULT_STATE), help="lab state directory (env QRLAB_STATE)")
+    parser.add_argument("--subnet", default=DEFAULT_SUBNET, help="private lab subnet (env QRLAB_SUBNET)")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="bring up N hosts with healthy etcd and dqlite clusters")
+    up.add_argument("-n", "--hosts", type=int, default=3, help="number of hosts, 1..%d" % MAX_HOSTS)
+    up.add_argument("--keys", type=int, default=1000, help="keys to load into each cluster")
+    up.add_argument("--etcd-snapshot-count", type=int, default=1000)
+    down = sub.add_parser("down", help="stop every lab process and remove namespaces, links, mounts")
+    down.add_argument("--keep-state", action="store_true", help="keep the hosts' data directories")
+    sub.add_parser("status", help="print the member table")
+    sub.add_parser("inventory", help="print the path of the Ansible inventory")
+    for name, helptext in (("kill", "SIGKILL one engine on a host (power loss)"),):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("host")
+        p.add_argument("service", choices=["etcd", "dqlite"])
+    p = sub.add_parser("power-off", help="SIGKILL an engine on every host")
+    p.add_argument("service", choices=["etcd", "dqlite"])
+    for name in ("partition", "heal"):
+        sub.add_parser(name, help="%s a host's link" % name).add_argument("host")
+    p = sub.add_parser("corrupt", help="flip bytes at an offset, or truncate, a file as a host sees it")
+    p.add_argument("host")
+    p.add_argument("path")
+    p.add_argument("--offset", type=int)
+    p.add_argument("--flip", type=int, default=1, help="number of bytes to flip (xor 0xff)")
+    p.add_argument("--truncate", type=int, help="truncate to this many bytes instead")
+    p = sub.add_parser("churn", help="write enough to make snapshots and new WAL files")
+    p.add_argument("host")
+    p.add_argument("engine", choices=["etcd", "dqlite"])
+    p.add_argument("--count", type=int, default=2000)
+    p.add_argument("--size", type=int, default=1024)
+    p = sub.add_parser("exec", help="run a command inside a host's namespaces")
+    p.add_argument("host")
+    p.add_argument("argv", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+
+    lab = Lab(args.state, args.subnet)
+    try:
+        if args.cmd == "up":
+            lab.up(args.hosts, keys=args.keys, etcd_snapshot_count=args.etcd_snapshot_count)
+            print(lab.table())
+            print("\ninventory: %s" % lab.inventory_path)
+        elif args.cmd == "down":
+            lab.down(keep_state=args.keep_state)
+        elif args.cmd == "status":
+            print(lab.table())
+        elif args.cmd == "inventory":
+            print(lab.inventory_path)
+        elif args.cmd == "kill":
+            lab.kill(lab.host(args.host), args.service)
+        elif args.cmd == "power-off":
+            lab.power_off(args.service)
+        elif args.cmd == "partition":
+            lab.partition(lab.host(args.host))
+        elif args.cmd == "heal":
+            lab.heal(lab.host(args.host))
+        elif args.cmd == "corrupt":
+            print(json.dumps(lab.corrupt(lab.host(args.host), args.path, args.offset, args.flip, args.truncate)))
+        elif args.cmd == "churn":
+            lab.churn(lab.host(args.host), args.engine, args.count, args.size)
+        elif args.cmd == "exec":
+            argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+            proc = lab.exec(lab.host(args.host), argv, check=False)
+            sys.stdout.write(proc.stdout)
+            sys.stderr.write(proc.stderr)
+            return proc.returncode
+    except LabError as exc:
+        print("lab: %s" % exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

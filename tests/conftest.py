@@ -1,0 +1,49 @@
+"""Shared test plumbing: the lab fixture and real ansible runs against the installed collection."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lab import Lab  # noqa: E402
+
+COLLECTIONS = Path(os.environ.get("ANSIBLE_COLLECTIONS_PATH", REPO / "build" / "collections"))
+BIN = Path(sys.executable).parent
+
+
+def ansible_env() -> dict:
+    env = dict(os.environ)
+    env.update(ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+               ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1", ANSIBLE_STDOUT_CALLBACK="default")
+    return env
+
+
+def run_ansible(tool: str, *args, inventory: Path, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(BIN / tool), "-i", str(inventory), *map(str, args)], capture_output=True,
+                          text=True, env=ansible_env(), cwd=REPO, timeout=900)
+    if check and proc.returncode:
+        raise AssertionError("%s %s failed (%d):\n%s\n%s" % (tool, " ".join(map(str, args)), proc.returncode,
+                                                             proc.stdout[-4000:], proc.stderr[-2000:]))
+    return proc
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def lab():
+    """A fresh 3-host lab per test module, always taken down, even when a test fails."""
+    the_lab = Lab()
+    try:
+        the_lab.up(3, keys=1000)
+        yield the_lab
+    finally:
+        the_lab.down()
