@@ -59,7 +59,7 @@ class LabError(RuntimeError):
 
 
 def run(argv, check=True, **kw):
-    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, **kw)
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=False, **kw)
     if check and proc.returncode != 0:
         raise LabError("%s failed (%d): %s" % (" ".join(map(str, argv)), proc.returncode,
                                                (proc.stderr or proc.stdout).strip()))
@@ -159,21 +159,30 @@ class Lab:
         (self.state / "lab.json").write_text(json.dumps(data, indent=2))
 
     # --------------------------------------------------------------- commands
+    @property
+    def service_cmd(self) -> list[str]:
+        """The host's service control, as a playbook would call it instead of systemctl."""
+        return ["/usr/bin/python3", str(self.state / "bin" / "qrlab_service.py")]
+
+    @property
+    def client_cmd(self) -> list[str]:
+        return ["/usr/bin/python3", str(self.state / "bin" / "qrlab_client.py")]
+
     def exec(self, host: Host, argv, check=True, timeout=600, input=None):
         """Run argv inside the host's network and mount namespaces."""
         cmd = ["nsenter", "--net=/run/netns/" + host.netns, "--mount=" + str(host.mntns), "--"]
         return run(cmd + [str(a) for a in argv], check=check, timeout=timeout, input=input, cwd="/")
 
     def service(self, host: Host, name: str, action: str, check=True):
-        return self.exec(host, [self.state / "bin" / "qrlab-service", name, action], check=check)
+        return self.exec(host, [*self.service_cmd, name, action], check=check)
 
     def client(self, host: Host, *args) -> dict:
-        proc = self.exec(host, [self.state / "bin" / "qrlab-client", *args], check=False)
+        proc = self.exec(host, [*self.client_cmd, *args], check=False)
         try:
             result = json.loads(proc.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
-            raise LabError("qrlab-client %s on %s: %s" % (" ".join(args), host.name,
-                                                           (proc.stderr or proc.stdout).strip()))
+            detail = (proc.stderr or proc.stdout).strip()
+            raise LabError("qrlab-client %s on %s: %s" % (" ".join(args), host.name, detail))
         if "error" in result:
             raise LabError("qrlab-client %s on %s: %s" % (" ".join(args), host.name, result["error"]))
         return result
@@ -217,7 +226,7 @@ class Lab:
     def _make_dirs(self, hosts: list[Host]) -> None:
         for sub in ("ns", "bin", "ssh", "cp"):
             (self.state / sub).mkdir(parents=True, exist_ok=True)
-        for name in ("qrlab-service", "qrlab-client"):
+        for name in ("qrlab_service.py", "qrlab_client.py"):
             shutil.copy2(FILES / name, self.state / "bin" / name)
         created = []
         for mounted in PRIVATE_PATHS.values():
@@ -354,8 +363,8 @@ class Lab:
                 "ansible_ssh_private_key_file": str(self.ssh_key),
                 "ansible_ssh_args": ssh_args,
                 "ansible_python_interpreter": "/usr/bin/python3",
-                "qrlab_service": str(self.state / "bin" / "qrlab-service"),
-                "qrlab_client": str(self.state / "bin" / "qrlab-client"),
+                "qrlab_service": " ".join(self.service_cmd),
+                "qrlab_client": " ".join(self.client_cmd),
                 "etcd_data_dir": ETCD_DIR,
                 "dqlite_dir": DQLITE_DIR,
             },
@@ -378,7 +387,7 @@ class Lab:
     def start_etcd(self, hosts: list[Host]) -> None:
         # Members of a new cluster wait for each other, so start all before waiting on any.
         procs = [subprocess.Popen(["nsenter", "--net=/run/netns/" + h.netns, "--mount=" + str(h.mntns), "--",
-                                   str(self.state / "bin" / "qrlab-service"), "etcd", "start"],
+                                   *self.service_cmd, "etcd", "start"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
                  for h in hosts]
         for host, proc in zip(hosts, procs):
@@ -451,7 +460,7 @@ class Lab:
     def check_keys(self, host: Host, engine: str, count: int, prefix: str = "key", start: int = 0,
                    size: int = 32) -> dict:
         target = ["--endpoint", host.etcd_client_url] if engine == "etcd" else ["--api", host.dqlite_api]
-        proc = self.exec(host, [self.state / "bin" / "qrlab-client", engine + "-check", *target, "--prefix", prefix,
+        proc = self.exec(host, [*self.client_cmd, engine + "-check", *target, "--prefix", prefix,
                                 "--count", str(count), "--start", str(start), "--size", str(size)], check=False)
         return json.loads(proc.stdout.strip().splitlines()[-1])
 

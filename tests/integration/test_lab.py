@@ -76,7 +76,7 @@ def test_kill_is_a_power_loss_and_the_member_comes_back(lab):
 
 
 def test_partition_makes_a_peer_unreachable_and_heal_brings_it_back(lab):
-    h1, h2, _ = lab.hosts()
+    h1, h2 = lab.hosts()[:2]
     probe = ["python3", "-c", "import socket,sys; socket.create_connection((sys.argv[1], 22), 2)", h2.address]
     assert lab.exec(h1, probe, check=False).returncode == 0
     lab.partition(h2)
@@ -88,7 +88,7 @@ def test_partition_makes_a_peer_unreachable_and_heal_brings_it_back(lab):
 
 
 def test_corrupt_changes_exactly_the_named_bytes_on_that_host_only(lab):
-    h1, h2, _ = lab.hosts()
+    h1, h2 = lab.hosts()[:2]
     lab.exec(h2, ["sh", "-c", "head -c 4096 /dev/urandom > /var/tmp/victim"])
     before = h2.real_path("/var/tmp/victim").read_bytes()
     result = lab.corrupt(h2, "/var/tmp/victim", offset=100, flip=4)

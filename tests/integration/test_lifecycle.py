@@ -16,9 +16,9 @@ from lab.core import BRIDGE
 
 def _lab_traces(lab: Lab) -> list[str]:
     traces = []
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
     traces += ["netns " + line for line in netns.splitlines() if line.startswith("qrlab-")]
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=False).stdout
     traces += ["link " + name for name in [BRIDGE] + ["qrv%d" % i for i in range(1, 8)]
                if (" %s:" % name) in links or (" %s@" % name) in links]
     with open("/proc/self/mountinfo") as f:

@@ -18,7 +18,7 @@ from lab.core import Host
 
 
 def _load(name: str):
-    loader = importlib.machinery.SourceFileLoader(name.replace("-", "_"), str(REPO / "lab/files" / name))
+    loader = importlib.machinery.SourceFileLoader(name[:-3], str(REPO / "lab/files" / name))
     spec = importlib.util.spec_from_loader(loader.name, loader)
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
@@ -65,7 +65,7 @@ def test_up_refuses_a_bad_host_count_before_touching_anything(tmp_path):
 
 
 def test_service_script_start_status_stop_kill(tmp_path, monkeypatch):
-    svc = _load("qrlab-service")
+    svc = _load("qrlab_service.py")
     for attr, sub in (("CONF_DIR", "conf"), ("RUN_DIR", "run"), ("LOG_DIR", "log")):
         monkeypatch.setattr(svc, attr, str(tmp_path / sub))
     (tmp_path / "conf").mkdir()
@@ -95,12 +95,12 @@ def test_service_script_start_status_stop_kill(tmp_path, monkeypatch):
 
 
 def test_service_script_sees_a_zombie_as_dead():
-    svc = _load("qrlab-service")
+    svc = _load("qrlab_service.py")
     child = subprocess.Popen(["sleep", "300"])
     try:
         assert svc.pid_alive(child.pid)
         child.send_signal(signal.SIGKILL)
-        for _ in range(100):
+        for _attempt in range(100):
             if Path("/proc/%d/stat" % child.pid).read_text().rsplit(")", 1)[1].split()[0] == "Z":
                 break
             time.sleep(0.01)
@@ -110,7 +110,7 @@ def test_service_script_sees_a_zombie_as_dead():
 
 
 def test_client_values_are_deterministic_and_checked(tmp_path):
-    client = _load("qrlab-client")
+    client = _load("qrlab_client.py")
     assert client.value_for("key000001", 12) == b"key000001|ke"
     assert len(client.value_for("k", 100_000)) == 100_000
 

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Service control for one lab host, without systemd.
 
 Usage: qrlab-service NAME {start|stop|restart|status|kill}

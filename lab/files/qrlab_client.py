@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Lab data client: writes and reads deterministic keys on one lab host.
 
 Runs inside a lab host's namespaces (the lab enters them with nsenter), talks only to
