@@ -15,6 +15,8 @@ sys.path.insert(0, str(REPO))
 from lab import Lab  # noqa: E402
 
 COLLECTIONS = Path(os.environ.get("ANSIBLE_COLLECTIONS_PATH", REPO / "build" / "collections"))
+# Import the collection's code from where it is installed (scripts/setup), as users get it.
+sys.path.insert(0, str(COLLECTIONS))
 BIN = Path(sys.executable).parent
 
 

@@ -1,0 +1,466 @@
+# -*- coding: utf-8 -*-
+# Copyright: quorum.recovery contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The raft on-disk format used by dqlite (format 1), read exactly as raft reads it.
+
+PRIVATE to this collection: may change without notice. Standard library only: this runs on
+the members. Nothing here writes, renames or locks a file.
+
+Layout facts (canonical/raft src/uv_segment.c, uv_snapshot.c, uv_metadata.c, byte.c):
+- integers are little-endian;
+- the checksum is CRC-32, polynomial 0x04C11DB7, MSB first, initial value 0, no final XOR;
+- a segment is u64 format, then batches: u32 header crc, u32 data crc, u64 n,
+  n x (u64 term, u8 type, 3 zero bytes, u32 size), then the payloads (each padded to 8);
+- a snapshot .meta is u64 format, u64 crc, u64 configuration index, u64 configuration
+  length, configuration; the crc covers bytes 16..32 and then the configuration.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+
+DISK_FORMAT = 1
+METADATA_SIZE = 32
+MAX_BATCH_ENTRIES = (8 * 1024 * 1024) // 32  # raft: UV__MAX_SEGMENT_SIZE / (4 * 8)
+MAX_META_CONFIGURATION = 1024 * 1024
+
+ENTRY_COMMAND, ENTRY_BARRIER, ENTRY_CHANGE = 1, 2, 3
+ENTRY_TYPES = {ENTRY_COMMAND: "command", ENTRY_BARRIER: "barrier", ENTRY_CHANGE: "change"}
+
+# raft numbers roles STANDBY=0, VOTER=1, SPARE=2; go-dqlite (info.yaml, cluster.yaml) uses
+# voter=0, stand-by=1, spare=2. Both are converted to names at this boundary.
+RAFT_ROLES = {0: "stand-by", 1: "voter", 2: "spare"}
+APP_ROLES = {0: "voter", 1: "stand-by", 2: "spare"}
+
+CLOSED_SEGMENT_RE = re.compile(r"^(\d{16})-(\d{16})$")
+OPEN_SEGMENT_RE = re.compile(r"^open-(\d+)$")
+SNAPSHOT_RE = re.compile(r"^snapshot-(\d+)-(\d+)-(\d+)$")
+SNAPSHOT_META_RE = re.compile(r"^snapshot-(\d+)-(\d+)-(\d+)\.meta$")
+
+
+class FormatError(ValueError):
+    """Bytes that are not what raft would accept; the message says what and where."""
+
+    def __init__(self, message, offset=None):
+        super().__init__(message)
+        self.offset = offset
+
+
+# ---------------------------------------------------------------------------- checksum
+def _reverse_bits(value, width):
+    result = 0
+    for _bit in range(width):
+        result = (result << 1) | (value & 1)
+        value >>= 1
+    return result
+
+
+_REFLECT_BYTES = bytes(_reverse_bits(b, 8) for b in range(256))
+
+
+def crc32(data, crc=0):
+    """raft's byteCrc32 (MSB-first CRC-32, init 0, no final XOR), continued from crc.
+
+    The MSB-first CRC of data is the bit-reversal of the reflected CRC (zlib's, without its
+    pre- and post-inversion) of data with every byte bit-reversed: so both steps run in C.
+    """
+    reflected_init = _reverse_bits(crc, 32)
+    raw = zlib.crc32(bytes(data).translate(_REFLECT_BYTES), reflected_init ^ 0xFFFFFFFF) ^ 0xFFFFFFFF
+    return _reverse_bits(raw, 32)
+
+
+def _u64(buf, offset):
+    return struct.unpack_from("<Q", buf, offset)[0]
+
+
+# ---------------------------------------------------------------------------- metadata
+def parse_metadata(data):
+    """metadata1/metadata2: (format, version, term, voted_for). Raises FormatError."""
+    if len(data) < METADATA_SIZE:
+        raise FormatError("%d bytes, expected %d (a torn write: raft deletes such a file)"
+                          % (len(data), METADATA_SIZE))
+    if len(data) > METADATA_SIZE:
+        raise FormatError("%d bytes, expected %d" % (len(data), METADATA_SIZE))
+    fmt, version, term, vote = struct.unpack("<4Q", data)
+    if fmt != DISK_FORMAT:
+        raise FormatError("format %d, expected %d" % (fmt, DISK_FORMAT), 0)
+    if version == 0:
+        raise FormatError("version 0", 8)
+    return {"format": fmt, "version": version, "term": term, "voted_for": vote}
+
+
+# ---------------------------------------------------------------------------- configuration
+def parse_configuration(data):
+    """A raft configuration (CHANGE entry payload, .meta body): list of servers."""
+    if len(data) < 9:
+        raise FormatError("configuration of %d bytes is too short" % len(data), 0)
+    if data[0] != 1:
+        raise FormatError("configuration format %d, expected 1" % data[0], 0)
+    count = _u64(data, 1)
+    offset = 9
+    servers = []
+    if count > len(data):
+        raise FormatError("configuration claims %d servers in %d bytes" % (count, len(data)), 1)
+    for _index in range(count):
+        if offset + 8 > len(data):
+            raise FormatError("configuration ends inside server %d" % len(servers), offset)
+        server_id = _u64(data, offset)
+        offset += 8
+        end = data.find(b"\0", offset)
+        if end < 0:
+            raise FormatError("configuration: address of server %d is not terminated" % len(servers), offset)
+        address = bytes(data[offset:end]).decode("utf-8", "replace")
+        offset = end + 1
+        if offset >= len(data):
+            raise FormatError("configuration ends before the role of server %d" % len(servers), offset)
+        role = data[offset]
+        offset += 1
+        if role not in RAFT_ROLES:
+            raise FormatError("configuration: server %d has unknown role %d" % (server_id, role), offset - 1)
+        servers.append({"id": server_id, "address": address, "role": RAFT_ROLES[role]})
+    return servers
+
+
+# ---------------------------------------------------------------------------- segments
+def parse_segment(data, full=True, closed=True):
+    """Walk a segment's batches the way raft's loader does.
+
+    Returns a dict: format, batches (offset, entries: list of (term, type, size),
+    data_checked), entries, end (offset after the last good batch), error (None or
+    {"message", "offset", "batch", "nonzero_after_batch": non-zero bytes past where the bad
+    batch claims to end}), trailing_nonzero_bytes (non-zero bytes from where
+    reading stopped: 0 for a clean preallocated tail). With full=False only the header checksums and the last batch's data checksum
+    are verified (quick depth).
+    """
+    result = {"format": None, "batches": [], "entries": 0, "end": 0, "error": None, "trailing_nonzero_bytes": 0}
+    if len(data) < 8:
+        result["error"] = {"message": "file has only %d bytes" % len(data), "offset": 0, "batch": 0,
+                           "nonzero_after_batch": 0}
+        return result
+    fmt = _u64(data, 0)
+    result["format"] = fmt
+    if fmt == 0 and not closed:
+        # a preallocated open segment that never received a batch
+        result["end"] = 8
+        result["trailing_nonzero_bytes"] = _nonzero(data, 8)
+        return result
+    if fmt != DISK_FORMAT:
+        result["error"] = {"message": "segment format %d, expected %d" % (fmt, DISK_FORMAT), "offset": 0, "batch": 0,
+                           "nonzero_after_batch": _nonzero(data, 8)}
+        return result
+    offset = 8
+    size = len(data)
+    pending_data_checks = []
+    while offset < size:
+        if not closed and not any(data[offset:offset + 16]) and not any(data[offset:]):
+            break  # open segments are preallocated and zero-filled after the last batch
+        batch_no = len(result["batches"]) + 1
+        error = None
+        claimed_end = offset + 16
+        if offset + 16 > size:
+            error = "short read: %d bytes instead of 16 (batch preamble)" % (size - offset)
+        else:
+            crc_header, crc_data = struct.unpack_from("<II", data, offset)
+            count = _u64(data, offset + 8)
+            header_len = 8 + 16 * count
+            if count == 0:
+                error = "entries count in preamble is zero"
+            elif count > MAX_BATCH_ENTRIES:
+                error = "entries count %d in preamble is too high" % count
+            elif offset + 8 + header_len > size:
+                error = "short read: batch header of %d entries runs past the end of the file" % count
+            elif crc32(data[offset + 8:offset + 8 + header_len]) != crc_header:
+                error = "header checksum mismatch"
+            else:
+                entries = []
+                data_len = 0
+                for i in range(count):
+                    base = offset + 16 + 16 * i
+                    term, etype, pad0, pad1, pad2, esize = struct.unpack_from("<QBBBBI", data, base)
+                    entries.append((term, etype, esize))
+                    data_len += esize
+                    if esize % 8:
+                        data_len += 8 - esize % 8
+                data_start = offset + 8 + header_len
+                claimed_end = data_start + data_len
+                if data_start + data_len > size:
+                    error = "short read: batch data of %d bytes runs past the end of the file" % data_len
+                else:
+                    check_now = full or closed is False
+                    batch = {"offset": offset, "entries": entries, "data_crc": crc_data,
+                             "data_range": (data_start, data_start + data_len), "data_checked": False}
+                    if check_now:
+                        if crc32(data[data_start:data_start + data_len]) != crc_data:
+                            error = "data checksum mismatch"
+                        else:
+                            batch["data_checked"] = True
+                    else:
+                        pending_data_checks.append(batch)
+                    if error is None:
+                        result["batches"].append(batch)
+                        result["entries"] += count
+                        offset = data_start + data_len
+                        continue
+        result["error"] = {"message": error, "offset": offset, "batch": batch_no,
+                           "nonzero_after_batch": _nonzero(data, min(claimed_end, size))}
+        break
+    result["end"] = offset
+    if result["error"] is None and pending_data_checks:
+        last = result["batches"][-1]
+        if not last["data_checked"]:
+            start, end = last["data_range"]
+            if crc32(data[start:end]) != last["data_crc"]:
+                result["batches"].pop()
+                result["entries"] -= len(last["entries"])
+                result["end"] = last["offset"]
+                result["error"] = {"message": "data checksum mismatch", "offset": last["offset"],
+                                   "batch": len(result["batches"]) + 1, "nonzero_after_batch": _nonzero(data, end)}
+            else:
+                last["data_checked"] = True
+    result["trailing_nonzero_bytes"] = _nonzero(data, result["end"])
+    return result
+
+
+def _nonzero(data, start):
+    """Non-zero bytes from start on: data after where raft stops reading."""
+    return len(data) - start - bytes(data).count(0, start)
+
+
+def entry_payloads(data, batch):
+    """Yield (term, type, payload bytes) for each entry of a parsed batch."""
+    offset = batch["data_range"][0]
+    for term, etype, esize in batch["entries"]:
+        yield term, etype, data[offset:offset + esize]
+        offset += esize + ((8 - esize % 8) % 8)
+
+
+# ---------------------------------------------------------------------------- snapshots
+def parse_snapshot_meta(data):
+    """A snapshot .meta file: format, configuration index and servers. Raises FormatError."""
+    if len(data) < 32:
+        raise FormatError("%d bytes, shorter than the 32-byte header" % len(data), 0)
+    fmt, crc, conf_index, conf_len = struct.unpack_from("<4Q", data, 0)
+    if fmt != DISK_FORMAT:
+        raise FormatError("format %d, expected %d" % (fmt, DISK_FORMAT), 0)
+    if conf_len == 0:
+        raise FormatError("no configuration data", 24)
+    if conf_len > MAX_META_CONFIGURATION:
+        raise FormatError("configuration data too big (%d bytes)" % conf_len, 24)
+    if 32 + conf_len > len(data):
+        raise FormatError("configuration of %d bytes runs past the end of the %d-byte file"
+                          % (conf_len, len(data)), 32)
+    configuration = data[32:32 + conf_len]
+    actual = crc32(configuration, crc32(data[16:32]))
+    if actual != (crc & 0xFFFFFFFF):
+        raise FormatError("checksum mismatch (stored %08x, computed %08x)" % (crc & 0xFFFFFFFF, actual), 8)
+    return {"format": fmt, "configuration_index": conf_index, "servers": parse_configuration(configuration)}
+
+
+# ---------------------------------------------------------------------------- LZ4 frames
+LZ4_MAGIC = 0x184D2204
+_P1, _P2, _P3, _P4, _P5 = 2654435761, 2246822519, 3266489917, 668265263, 374761393
+_M32 = 0xFFFFFFFF
+
+
+def _rotl(value, bits):
+    return ((value << bits) | (value >> (32 - bits))) & _M32
+
+
+def xxh32(data, seed=0):
+    """xxHash32, as LZ4 frames use it for header, block and content checksums."""
+    length = len(data)
+    offset = 0
+    if length >= 16:
+        v1 = (seed + _P1 + _P2) & _M32
+        v2 = (seed + _P2) & _M32
+        v3 = seed
+        v4 = (seed - _P1) & _M32
+        limit = length - 16
+        unpack = struct.Struct("<4I").unpack_from
+        while offset <= limit:
+            a, b, c, d = unpack(data, offset)
+            v1 = _rotl((v1 + a * _P2) & _M32, 13) * _P1 & _M32
+            v2 = _rotl((v2 + b * _P2) & _M32, 13) * _P1 & _M32
+            v3 = _rotl((v3 + c * _P2) & _M32, 13) * _P1 & _M32
+            v4 = _rotl((v4 + d * _P2) & _M32, 13) * _P1 & _M32
+            offset += 16
+        h = (_rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)) & _M32
+    else:
+        h = (seed + _P5) & _M32
+    h = (h + length) & _M32
+    while offset + 4 <= length:
+        h = _rotl((h + struct.unpack_from("<I", data, offset)[0] * _P3) & _M32, 17) * _P4 & _M32
+        offset += 4
+    while offset < length:
+        h = _rotl((h + data[offset] * _P5) & _M32, 11) * _P1 & _M32
+        offset += 1
+    h ^= h >> 15
+    h = h * _P2 & _M32
+    h ^= h >> 13
+    h = h * _P3 & _M32
+    h ^= h >> 16
+    return h
+
+
+def is_lz4_frame(data):
+    return len(data) >= 4 and struct.unpack_from("<I", data, 0)[0] == LZ4_MAGIC
+
+
+def _lz4_block_decode(src, out):
+    """Decode one LZ4 block, appending to out (the window of earlier blocks stays usable)."""
+    pos, end = 0, len(src)
+    while True:
+        if pos >= end:
+            raise FormatError("LZ4 block ends without its last literals", pos)
+        token = src[pos]
+        pos += 1
+        lit = token >> 4
+        if lit == 15:
+            while True:
+                if pos >= end:
+                    raise FormatError("LZ4 literal length runs past the block", pos)
+                extra = src[pos]
+                pos += 1
+                lit += extra
+                if extra != 255:
+                    break
+        if pos + lit > end:
+            raise FormatError("LZ4 literals run past the block", pos)
+        out += src[pos:pos + lit]
+        pos += lit
+        if pos == end:
+            return
+        if pos + 2 > end:
+            raise FormatError("LZ4 match offset runs past the block", pos)
+        distance = src[pos] | (src[pos + 1] << 8)
+        pos += 2
+        if distance == 0 or distance > len(out):
+            raise FormatError("LZ4 match offset %d points before the start of the data" % distance, pos - 2)
+        length = (token & 15) + 4
+        if length == 19:
+            while True:
+                if pos >= end:
+                    raise FormatError("LZ4 match length runs past the block", pos)
+                extra = src[pos]
+                pos += 1
+                length += extra
+                if extra != 255:
+                    break
+        start = len(out) - distance
+        if length <= distance:
+            out += out[start:start + length]
+        else:
+            pattern = bytes(out[start:])
+            out += (pattern * (length // distance + 1))[:length]
+
+
+def verify_lz4_frame(data, full=True):
+    """Check an LZ4 frame: header checksum, block structure, and (full) block checksums,
+    content size and content checksum, by decoding it. Returns a summary dict; raises
+    FormatError naming the offset of the first problem."""
+    size = len(data)
+    if not is_lz4_frame(data):
+        raise FormatError("not an LZ4 frame (magic missing)", 0)
+    if size < 7:
+        raise FormatError("LZ4 frame header is truncated", 4)
+    flg, bd = data[4], data[5]
+    if flg >> 6 != 1:
+        raise FormatError("LZ4 frame version %d, expected 1" % (flg >> 6), 4)
+    block_checksum, has_size, content_checksum, has_dict = bool(flg & 0x10), bool(flg & 0x08), bool(flg & 0x04), bool(flg & 0x01)
+    block_max = {4: 64 << 10, 5: 256 << 10, 6: 1 << 20, 7: 4 << 20}.get((bd >> 4) & 7)
+    if block_max is None or bd & 0x8F:
+        raise FormatError("LZ4 frame block descriptor 0x%02x is invalid" % bd, 5)
+    pos = 6
+    content_size = None
+    if has_size:
+        if size < pos + 8:
+            raise FormatError("LZ4 frame header is truncated", pos)
+        content_size = _u64(data, pos)
+        pos += 8
+    if has_dict:
+        pos += 4
+    if size < pos + 1:
+        raise FormatError("LZ4 frame header is truncated", pos)
+    if (xxh32(data[4:pos]) >> 8) & 0xFF != data[pos]:
+        raise FormatError("LZ4 frame header checksum mismatch", pos)
+    pos += 1
+    out = bytearray()
+    blocks = 0
+    while True:
+        if pos + 4 > size:
+            raise FormatError("LZ4 frame truncated: block %d size missing" % (blocks + 1), pos)
+        word = struct.unpack_from("<I", data, pos)[0]
+        pos += 4
+        if word == 0:
+            break
+        length = word & 0x7FFFFFFF
+        if length > block_max:
+            raise FormatError("LZ4 block %d of %d bytes exceeds the frame's maximum %d" % (blocks + 1, length, block_max), pos - 4)
+        if pos + length + (4 if block_checksum else 0) > size:
+            raise FormatError("LZ4 frame truncated inside block %d" % (blocks + 1), pos)
+        block = data[pos:pos + length]
+        if full:
+            if block_checksum and xxh32(block) != struct.unpack_from("<I", data, pos + length)[0]:
+                raise FormatError("LZ4 block %d checksum mismatch" % (blocks + 1), pos)
+            if word & 0x80000000:
+                out += block
+            else:
+                before = len(out)
+                try:
+                    _lz4_block_decode(block, out)
+                except FormatError as exc:
+                    raise FormatError("LZ4 block %d: %s" % (blocks + 1, exc), pos + (exc.offset or 0))
+                if len(out) - before > block_max:
+                    raise FormatError("LZ4 block %d decodes to more than the frame's maximum" % (blocks + 1), pos)
+        pos += length + (4 if block_checksum else 0)
+        blocks += 1
+    if content_checksum:
+        if pos + 4 > size:
+            raise FormatError("LZ4 frame truncated: content checksum missing", pos)
+        stored = struct.unpack_from("<I", data, pos)[0]
+        if full and xxh32(bytes(out)) != stored:
+            raise FormatError("LZ4 content checksum invalid", pos)
+        pos += 4
+    if full and content_size is not None and content_size != len(out):
+        raise FormatError("LZ4 content size %d, but the blocks decode to %d bytes" % (content_size, len(out)), 6)
+    return {"blocks": blocks, "frame_end": pos, "content_size": content_size,
+            "decoded_size": len(out) if full else None, "trailing_bytes": size - pos,
+            "content_checksum": content_checksum}
+
+
+# ---------------------------------------------------------------------------- YAML files
+def parse_node_yaml(text):
+    """go-dqlite's info.yaml (one mapping) or cluster.yaml (a list of mappings) of ID,
+    Address and Role. A parser for that shape only: targets have no YAML library."""
+    nodes, current = [], None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].rstrip()
+        if not line.strip():
+            continue
+        stripped = line.lstrip()
+        if stripped.startswith("- "):
+            current = {}
+            nodes.append(current)
+            stripped = stripped[2:].lstrip()
+        elif current is None:
+            current = {}
+            nodes.append(current)
+        if ":" not in stripped:
+            raise FormatError("line %d is not 'Key: value': %r" % (number, raw))
+        key, value = (part.strip() for part in stripped.split(":", 1))
+        value = value.strip("'\"")
+        if key in ("ID", "Role"):
+            try:
+                current[key] = int(value)
+            except ValueError:
+                raise FormatError("line %d: %s is not a number: %r" % (number, key, value))
+        else:
+            current[key] = value
+    for node in nodes:
+        missing = [k for k in ("ID", "Address") if k not in node]
+        if missing:
+            raise FormatError("a node lacks %s" % ", ".join(missing))
+        node.setdefault("Role", 0)
+    return nodes

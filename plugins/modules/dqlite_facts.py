@@ -1,0 +1,279 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: quorum.recovery contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: dqlite_facts
+short_description: Read a dqlite data directory offline, verify it, and name what is broken
+version_added: 0.1.0
+description:
+  - Reads one member's dqlite data directory exactly as raft's loader does, without starting
+    or running any dqlite tool (each of them modifies the directory), and reports its identity,
+    cached and authoritative membership, metadata, snapshots, segments, the index and TERM of
+    its last log entry, whether dqlite is running on it, every problem found, and a verdict
+    V(healthy), V(repairable) or V(unusable).
+  - Every problem names the file, the index range, what dqlite itself would do at start, what
+    data would be lost, and the remedy.
+  - Strictly read-only unless O(quarantine) or O(cut) is given. Those move named files aside
+    into a quarantine folder with a manifest (never deleting), or cut an open segment at the end
+    of its last complete batch after keeping the original in the quarantine folder.
+author:
+  - quorum.recovery maintainers (@quorum-recovery)
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: In check mode the quarantine and cut steps are reported, not done.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation
+      indicates no change.
+    support: partial
+    details: Inspection changes nothing and is idempotent. A quarantined file is gone from the directory, so
+      naming it again in O(quarantine) fails rather than moving something else.
+options:
+  path:
+    description:
+      - The member's raft data directory, the one holding C(metadata1), segments and snapshots
+        (for the go-dqlite app layout, C(<dir>/<db address>)).
+    type: path
+    required: true
+  depth:
+    description:
+      - V(full) verifies every batch checksum and decodes every LZ4 snapshot frame.
+      - V(quick) verifies headers, every batch header checksum, the last batch of each segment,
+        metadata and snapshot frame structure; for large fleets.
+    type: str
+    choices: [quick, full]
+    default: full
+  raft_version:
+    description:
+      - Which raft loader to predict. Debian's libraft 0.15 refuses to start on a corrupt closed
+        segment; newer raft renames the last one to C(corrupt-*) and retries.
+    type: str
+    choices: ['0.15', '0.17+']
+    default: '0.15'
+  quarantine:
+    description:
+      - File names in O(path) to move into the quarantine folder, for example the newest
+        snapshot and its C(.meta) when that snapshot is corrupt. Each must be named by a problem
+        of the inspection; anything else is refused and nothing is moved.
+    type: list
+    elements: str
+    default: []
+  cut:
+    description:
+      - Open segment file names to cut at the end of their last complete batch (the repair for
+        a segment torn inside a batch). The original is first copied into the quarantine folder.
+    type: list
+    elements: str
+    default: []
+  quarantine_dir:
+    description:
+      - Where quarantined files go. Defaults to a sibling of O(path), C(<path>.quarantine/<UTC time>).
+    type: path
+"""
+
+EXAMPLES = r"""
+- name: Inspect the member's dqlite data directory (read-only)
+  quorum.recovery.dqlite_facts:
+    path: /var/snap/microk8s/current/var/kubernetes/backend
+  register: dqlite
+
+- name: Show the verdict and the last entry
+  ansible.builtin.debug:
+    msg: "{{ dqlite.member.verdict }} at term {{ dqlite.member.log.last_term }} index {{ dqlite.member.log.last_index }}"
+
+- name: Move a corrupt newest snapshot aside, as the inspection proposed
+  quorum.recovery.dqlite_facts:
+    path: /var/snap/microk8s/current/var/kubernetes/backend
+    quarantine: "{{ dqlite.member.problems | map(attribute='action') | select | selectattr('quarantine', 'defined')
+      | map(attribute='quarantine') | flatten }}"
+"""
+
+RETURN = r"""
+member:
+  description: What the inspection found (after any quarantine or cut).
+  returned: always
+  type: dict
+  contains:
+    verdict:
+      description: V(healthy), V(repairable) (one reviewed local step fixes it) or V(unusable).
+      type: str
+      sample: healthy
+    log:
+      description: Snapshot index/term, first and last index, and the TERM of the last entry.
+      type: dict
+      sample: {"first_index": 1, "last_index": 1505, "last_term": 1, "snapshot_index": 1024, "snapshot_term": 1}
+    identity:
+      description: This node's ID, address and role from C(info.yaml).
+      type: dict
+      sample: {"id": 3297041220608546238, "address": "10.0.0.1:9001", "role": "voter"}
+    cluster_yaml:
+      description: The cached membership in C(cluster.yaml) (not authoritative).
+      type: list
+      elements: dict
+    membership:
+      description: The authoritative membership (newest CHANGE entry or snapshot configuration) and where the cached files disagree.
+      type: dict
+    metadata:
+      description: Both metadata files and the current one (version, term, voted_for).
+      type: dict
+    snapshots:
+      description: Every snapshot with term, index, timestamp, size, configuration and data check.
+      type: list
+      elements: dict
+    segments:
+      description: Every segment with its index range, batches, entries, last term and first error.
+      type: list
+      elements: dict
+    problems:
+      description: Each problem with severity, file, index_range, message, dqlite_would, data_lost, remedy and action.
+      type: list
+      elements: dict
+    running:
+      description: Whether a process holds the directory's files open, and the evidence.
+      type: dict
+quarantined:
+  description: The manifest entries of files moved or copied aside by this run.
+  returned: when O(quarantine) or O(cut) is given
+  type: list
+  elements: dict
+  sample: [{"file": "snapshot-2-2048-1234", "to": "/var/lib/x.quarantine/20260101T000000Z/snapshot-2-2048-1234",
+            "sha256": "...", "size": 1234, "action": "moved"}]
+quarantine_dir:
+  description: The folder holding the quarantined files and C(manifest.json).
+  returned: when O(quarantine) or O(cut) is given
+  type: str
+"""
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_datadir
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _validate_requests(module, facts):
+    """Every named file must exist and be proposed by the inspection; fail before any change."""
+    path = module.params["path"]
+    proposed_quarantine, proposed_cut = set(), {}
+    for problem in facts["problems"]:
+        action = problem.get("action") or {}
+        proposed_quarantine.update(action.get("quarantine", []))
+        if "truncate" in action:
+            proposed_cut[action["truncate"]["file"]] = action["truncate"]["length"]
+    for name in module.params["quarantine"] + module.params["cut"]:
+        if os.path.basename(name) != name or name in ("", ".", ".."):
+            module.fail_json(msg="quarantine/cut take file names inside path, not paths: %r" % name)
+        if not os.path.isfile(os.path.join(path, name)):
+            module.fail_json(msg="%s does not exist in %s; nothing was changed" % (name, path))
+    unproposed = [n for n in module.params["quarantine"] if n not in proposed_quarantine]
+    if unproposed:
+        module.fail_json(msg="quarantine: %s not named by any problem the inspection found; nothing was changed"
+                         % ", ".join(unproposed), member=facts)
+    uncuttable = [n for n in module.params["cut"] if n not in proposed_cut]
+    if uncuttable:
+        module.fail_json(msg="cut: %s has no complete-batch cut point proposed by the inspection; nothing was "
+                         "changed" % ", ".join(uncuttable), member=facts)
+    if facts.get("running", {}).get("running"):
+        module.fail_json(msg="dqlite is running on %s (%s): stop it before quarantining files"
+                         % (path, facts["running"]["evidence"]), member=facts)
+    return proposed_cut
+
+
+def _apply(module, facts, proposed_cut):
+    path = module.params["path"]
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    qdir = module.params["quarantine_dir"] or "%s.quarantine/%s" % (path.rstrip("/"), stamp)
+    plan = [(name, "moved") for name in module.params["quarantine"]] + \
+           [(name, "cut") for name in module.params["cut"] if name not in module.params["quarantine"]]
+    manifest = []
+    for name, action in plan:
+        source = os.path.join(path, name)
+        entry = {"file": name, "from": source, "to": os.path.join(qdir, name), "size": os.path.getsize(source),
+                 "sha256": _sha256(source), "action": action, "time": stamp,
+                 "reasons": [p["message"] for p in facts["problems"]
+                             if name in ((p.get("action") or {}).get("quarantine", []))
+                             or ((p.get("action") or {}).get("truncate") or {}).get("file") == name]}
+        if action == "cut":
+            entry["cut_to"] = proposed_cut[name]
+        manifest.append(entry)
+    if module.check_mode:
+        return qdir, manifest
+    os.makedirs(qdir, mode=0o700, exist_ok=True)
+    manifest_path = os.path.join(qdir, "manifest.json")
+    previous = []
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as handle:
+            previous = json.load(handle)
+    for entry in manifest:
+        if os.path.exists(entry["to"]):
+            module.fail_json(msg="%s already exists; refusing to overwrite a quarantined file" % entry["to"])
+    for entry in manifest:
+        if entry["action"] == "moved":
+            shutil.move(entry["from"], entry["to"])  # same filesystem: a rename, else copy + remove
+        else:
+            shutil.copy2(entry["from"], entry["to"])
+            if _sha256(entry["to"]) != entry["sha256"]:
+                module.fail_json(msg="copy of %s to the quarantine does not match; not cutting" % entry["from"])
+            with open(entry["from"], "r+b") as handle:
+                handle.truncate(entry["cut_to"])
+                os.fsync(handle.fileno())
+        tmp = manifest_path + ".tmp"
+        with open(tmp, "w") as handle:
+            json.dump(previous + manifest[:manifest.index(entry) + 1], handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(tmp, manifest_path)
+    return qdir, manifest
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path", required=True),
+            depth=dict(type="str", choices=["quick", "full"], default="full"),
+            raft_version=dict(type="str", choices=["0.15", "0.17+"], default="0.15"),
+            quarantine=dict(type="list", elements="str", default=[]),
+            cut=dict(type="list", elements="str", default=[]),
+            quarantine_dir=dict(type="path"),
+        ),
+        supports_check_mode=True,
+    )
+    path = module.params["path"]
+    if not os.path.isdir(path):
+        module.fail_json(msg="path %s is not a directory" % path)
+    try:
+        facts = dqlite_datadir.inspect_datadir(path, module.params["depth"], module.params["raft_version"])
+    except OSError as exc:
+        module.fail_json(msg="cannot read %s: %s" % (path, exc))
+    if not (module.params["quarantine"] or module.params["cut"]):
+        module.exit_json(changed=False, member=facts)
+    proposed_cut = _validate_requests(module, facts)
+    qdir, manifest = _apply(module, facts, proposed_cut)
+    if not module.check_mode:
+        facts = dqlite_datadir.inspect_datadir(path, module.params["depth"], module.params["raft_version"])
+    module.exit_json(changed=True, member=facts, quarantined=manifest, quarantine_dir=qdir)
+
+
+if __name__ == "__main__":
+    main()
