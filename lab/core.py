@@ -384,16 +384,23 @@ class Lab:
                                        + yaml.safe_dump(inventory, sort_keys=False))
 
     # ---------------------------------------------------------------- engines
-    def start_etcd(self, hosts: list[Host]) -> None:
-        # Members of a new cluster wait for each other, so start all before waiting on any.
+    def start_all(self, hosts: list[Host], service: str) -> None:
+        """Start a service on every host at once: a restarted member waits for a quorum of its
+        peers before it serves, so starting them one by one would wait forever."""
         procs = [subprocess.Popen(["nsenter", "--net=/run/netns/" + h.netns, "--mount=" + str(h.mntns), "--",
-                                   *self.service_cmd, "etcd", "start"],
+                                   *self.service_cmd, service, "start"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
                  for h in hosts]
+        failed = []
         for host, proc in zip(hosts, procs):
-            out, err = proc.communicate(timeout=120)
+            _out, err = proc.communicate(timeout=180)
             if proc.returncode:
-                raise LabError("etcd did not start on %s: %s%s" % (host.name, err, self._log_tail(host, "etcd")))
+                failed.append("%s: %s%s" % (host.name, err.strip(), self._log_tail(host, service)))
+        if failed:
+            raise LabError("%s did not start on %s" % (service, "; ".join(failed)))
+
+    def start_etcd(self, hosts: list[Host]) -> None:
+        self.start_all(hosts, "etcd")
         self._wait(lambda: self.etcd_ready(hosts), 60, "etcd cluster health")
 
     def start_dqlite(self, hosts: list[Host]) -> None:
