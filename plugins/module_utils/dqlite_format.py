@@ -308,6 +308,18 @@ def is_lz4_frame(data):
     return len(data) >= 4 and struct.unpack_from("<I", data, 0)[0] == LZ4_MAGIC
 
 
+def _lz4_length(src, pos, length, what):
+    """Add LZ4's extension bytes (255 means another follows) to a length; return it and the new position."""
+    while True:
+        if pos >= len(src):
+            raise FormatError("LZ4 %s length runs past the block" % what, pos)
+        extra = src[pos]
+        pos += 1
+        length += extra
+        if extra != 255:
+            return length, pos
+
+
 def _lz4_block_decode(src, out):
     """Decode one LZ4 block, appending to out (the window of earlier blocks stays usable)."""
     pos, end = 0, len(src)
@@ -318,14 +330,7 @@ def _lz4_block_decode(src, out):
         pos += 1
         lit = token >> 4
         if lit == 15:
-            while True:
-                if pos >= end:
-                    raise FormatError("LZ4 literal length runs past the block", pos)
-                extra = src[pos]
-                pos += 1
-                lit += extra
-                if extra != 255:
-                    break
+            lit, pos = _lz4_length(src, pos, lit, "literal")
         if pos + lit > end:
             raise FormatError("LZ4 literals run past the block", pos)
         out += src[pos:pos + lit]
@@ -340,14 +345,7 @@ def _lz4_block_decode(src, out):
             raise FormatError("LZ4 match offset %d points before the start of the data" % distance, pos - 2)
         length = (token & 15) + 4
         if length == 19:
-            while True:
-                if pos >= end:
-                    raise FormatError("LZ4 match length runs past the block", pos)
-                extra = src[pos]
-                pos += 1
-                length += extra
-                if extra != 255:
-                    break
+            length, pos = _lz4_length(src, pos, length, "match")
         start = len(out) - distance
         if length <= distance:
             out += out[start:start + length]
