@@ -168,10 +168,21 @@ class Lab:
     def client_cmd(self) -> list[str]:
         return ["/usr/bin/python3", str(self.state / "bin" / "qrlab_client.py")]
 
+    @staticmethod
+    def enter(host: Host, argv) -> list[str]:
+        """argv, run inside the host's network and mount namespaces."""
+        return ["nsenter", "--net=/run/netns/" + host.netns, "--mount=" + str(host.mntns), "--",
+                *[str(a) for a in argv]]
+
     def exec(self, host: Host, argv, check=True, timeout=600, input=None):
-        """Run argv inside the host's network and mount namespaces."""
-        cmd = ["nsenter", "--net=/run/netns/" + host.netns, "--mount=" + str(host.mntns), "--"]
-        return run(cmd + [str(a) for a in argv], check=check, timeout=timeout, input=input, cwd="/")
+        """Run argv inside the host and wait for it."""
+        return run(self.enter(host, argv), check=check, timeout=timeout, input=input, cwd="/")
+
+    def spawn(self, host: Host, argv, **kw) -> subprocess.Popen:
+        """Start argv inside the host without waiting; the caller ends it."""
+        kw.setdefault("stdout", subprocess.DEVNULL)
+        kw.setdefault("stderr", subprocess.DEVNULL)
+        return subprocess.Popen(self.enter(host, argv), cwd="/", **kw)
 
     def service(self, host: Host, name: str, action: str, check=True):
         return self.exec(host, [*self.service_cmd, name, action], check=check)
@@ -387,9 +398,8 @@ class Lab:
     def start_all(self, hosts: list[Host], service: str) -> None:
         """Start a service on every host at once: a restarted member waits for a quorum of its
         peers before it serves, so starting them one by one would wait forever."""
-        procs = [subprocess.Popen(["nsenter", "--net=/run/netns/" + h.netns, "--mount=" + str(h.mntns), "--",
-                                   *self.service_cmd, service, "start"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        procs = [self.spawn(h, [*self.service_cmd, service, "start"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
                  for h in hosts]
         failed = []
         for host, proc in zip(hosts, procs):
@@ -459,15 +469,19 @@ class Lab:
         proc = self.exec(host, ["dqlite", "-s", host.dqlite_address, "demo", ".leader"], check=False, timeout=30)
         return proc.stdout.strip() if proc.returncode == 0 else ""
 
+    @staticmethod
+    def client_target(host: Host, engine: str) -> list[str]:
+        """The qrlab-client arguments that point it at this host's member of an engine."""
+        return ["--endpoint", host.etcd_client_url] if engine == "etcd" else ["--api", host.dqlite_api]
+
     def load_keys(self, host: Host, count: int, prefix: str = "key", start: int = 0, size: int = 32) -> None:
-        for engine, target in (("etcd", ["--endpoint", host.etcd_client_url]), ("dqlite", ["--api", host.dqlite_api])):
-            self.client(host, engine + "-put", *target, "--prefix", prefix, "--count", str(count),
-                        "--start", str(start), "--size", str(size))
+        for engine in ("etcd", "dqlite"):
+            self.client(host, engine + "-put", *self.client_target(host, engine), "--prefix", prefix,
+                        "--count", str(count), "--start", str(start), "--size", str(size))
 
     def check_keys(self, host: Host, engine: str, count: int, prefix: str = "key", start: int = 0,
                    size: int = 32) -> dict:
-        target = ["--endpoint", host.etcd_client_url] if engine == "etcd" else ["--api", host.dqlite_api]
-        proc = self.exec(host, [*self.client_cmd, engine + "-check", *target, "--prefix", prefix,
+        proc = self.exec(host, [*self.client_cmd, engine + "-check", *self.client_target(host, engine), "--prefix", prefix,
                                 "--count", str(count), "--start", str(start), "--size", str(size)], check=False)
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -510,8 +524,8 @@ class Lab:
 
     def churn(self, host: Host, engine: str, count: int, size: int, prefix: str = "churn") -> None:
         """Enough writes to make dqlite take snapshots, or etcd cut WAL and .snap files."""
-        target = ["--endpoint", host.etcd_client_url] if engine == "etcd" else ["--api", host.dqlite_api]
-        self.client(host, engine + "-put", *target, "--prefix", prefix, "--count", str(count), "--size", str(size))
+        self.client(host, engine + "-put", *self.client_target(host, engine), "--prefix", prefix,
+                    "--count", str(count), "--size", str(size))
 
     # ------------------------------------------------------------------- down
     def lab_processes(self) -> list[int]:

@@ -48,9 +48,8 @@ def _reconfigure_scratch(lab, host, tag):
 
 
 def _write_in_background(lab, host, count, prefix):
-    cmd = ["nsenter", "--net=/run/netns/" + host.netns, "--mount=" + str(host.mntns), "--", *lab.client_cmd,
-           "dqlite-put", "--api", host.dqlite_api, "--prefix", prefix, "--count", str(count), "--size", "200"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
+    return lab.spawn(host, [*lab.client_cmd, "dqlite-put", *lab.client_target(host, "dqlite"), "--prefix", prefix,
+                            "--count", str(count), "--size", "200"])
 
 
 def _check_oracle(lab, tag):
@@ -150,9 +149,8 @@ def _starts(lab, host, tag, wait=6.0):
     is still alive after `wait` seconds (a member of a 3-node cluster waits for peers, alive)."""
     base = "/var/tmp/start-%s" % tag
     lab.exec(host, ["sh", "-c", "rm -rf {0} && mkdir -p {0} && cp -a {1} {0}/".format(base, host.dqlite_data_dir)])
-    cmd = ["nsenter", "--net=/run/netns/" + host.netns, "--mount=" + str(host.mntns), "--", "dqlite-demo",
-           "--api", "%s:18001" % host.address, "--db", host.dqlite_address, "--dir", base]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
+    proc = lab.spawn(host, ["dqlite-demo", "--api", "%s:18001" % host.address, "--db", host.dqlite_address,
+                            "--dir", base])
     try:
         try:
             proc.wait(timeout=wait)
