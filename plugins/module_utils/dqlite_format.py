@@ -131,8 +131,8 @@ def parse_segment(data, full=True, closed=True):
     data_checked), entries, end (offset after the last good batch), error (None or
     {"message", "offset", "batch", "nonzero_after_batch": non-zero bytes past where the bad
     batch claims to end}), trailing_nonzero_bytes (non-zero bytes from where
-    reading stopped: 0 for a clean preallocated tail). With full=False only the header checksums and the last batch's data checksum
-    are verified (quick depth).
+    reading stopped: 0 for a clean preallocated tail). With full=False, a closed segment has
+    its header checksums and only its last batch's data checksum verified (quick depth).
     """
     result = {"format": None, "batches": [], "entries": 0, "end": 0, "error": None, "trailing_nonzero_bytes": 0}
     if len(data) < 8:
@@ -152,7 +152,7 @@ def parse_segment(data, full=True, closed=True):
         return result
     offset = 8
     size = len(data)
-    pending_data_checks = []
+    check_data = full or not closed  # open segments hold the torn tail: always check them whole
     while offset < size:
         if not closed and not any(data[offset:offset + 16]) and not any(data[offset:]):
             break  # open segments are preallocated and zero-filled after the last batch
@@ -178,7 +178,7 @@ def parse_segment(data, full=True, closed=True):
                 data_len = 0
                 for i in range(count):
                     base = offset + 16 + 16 * i
-                    term, etype, pad0, pad1, pad2, esize = struct.unpack_from("<QBBBBI", data, base)
+                    term, etype, esize = struct.unpack_from("<QB3xI", data, base)
                     entries.append((term, etype, esize))
                     data_len += esize
                     if esize % 8:
@@ -188,16 +188,13 @@ def parse_segment(data, full=True, closed=True):
                 if data_start + data_len > size:
                     error = "short read: batch data of %d bytes runs past the end of the file" % data_len
                 else:
-                    check_now = full or closed is False
                     batch = {"offset": offset, "entries": entries, "data_crc": crc_data,
                              "data_range": (data_start, data_start + data_len), "data_checked": False}
-                    if check_now:
+                    if check_data:
                         if crc32(data[data_start:data_start + data_len]) != crc_data:
                             error = "data checksum mismatch"
                         else:
                             batch["data_checked"] = True
-                    else:
-                        pending_data_checks.append(batch)
                     if error is None:
                         result["batches"].append(batch)
                         result["entries"] += count
@@ -207,18 +204,17 @@ def parse_segment(data, full=True, closed=True):
                            "nonzero_after_batch": _nonzero(data, min(claimed_end, size))}
         break
     result["end"] = offset
-    if result["error"] is None and pending_data_checks:
+    if result["error"] is None and result["batches"] and not result["batches"][-1]["data_checked"]:
         last = result["batches"][-1]
-        if not last["data_checked"]:
-            start, end = last["data_range"]
-            if crc32(data[start:end]) != last["data_crc"]:
-                result["batches"].pop()
-                result["entries"] -= len(last["entries"])
-                result["end"] = last["offset"]
-                result["error"] = {"message": "data checksum mismatch", "offset": last["offset"],
-                                   "batch": len(result["batches"]) + 1, "nonzero_after_batch": _nonzero(data, end)}
-            else:
-                last["data_checked"] = True
+        start, end = last["data_range"]
+        if crc32(data[start:end]) != last["data_crc"]:
+            result["batches"].pop()
+            result["entries"] -= len(last["entries"])
+            result["end"] = last["offset"]
+            result["error"] = {"message": "data checksum mismatch", "offset": last["offset"],
+                               "batch": len(result["batches"]) + 1, "nonzero_after_batch": _nonzero(data, end)}
+        else:
+            last["data_checked"] = True
     result["trailing_nonzero_bytes"] = _nonzero(data, result["end"])
     return result
 
