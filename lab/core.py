@@ -21,9 +21,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 FILES = HERE / "files"
 
-DEFAULT_STATE = Path(os.environ.get("QRLAB_STATE", "/var/lib/qrlab"))
+# One machine can hold several labs side by side (say, two developers' test runs) when each has
+# its own name, state directory and subnet. The name prefixes every bridge, netns and veth.
+NAME = os.environ.get("QRLAB_NAME", "qrlab")
+if not (NAME.isalnum() and NAME.islower() and 1 <= len(NAME) <= 8):
+    raise SystemExit("QRLAB_NAME=%r: use 1-8 lowercase letters or digits" % NAME)
+DEFAULT_STATE = Path(os.environ.get("QRLAB_STATE", "/var/lib/" + NAME))
 DEFAULT_SUBNET = os.environ.get("QRLAB_SUBNET", "10.254.77.0/24")
-BRIDGE = "qrlab0"
+BRIDGE = NAME + "0"
 MAX_HOSTS = 7
 
 ETCD_DIR = "/var/lib/etcd"
@@ -75,11 +80,11 @@ class Host:
 
     @property
     def netns(self) -> str:
-        return "qrlab-" + self.name
+        return NAME + "-" + self.name
 
     @property
     def veth(self) -> str:
-        return "qrv%d" % self.index
+        return "%sv%d" % ("qr" if NAME == "qrlab" else NAME, self.index)
 
     @property
     def mntns(self) -> Path:
@@ -271,7 +276,10 @@ class Lab:
         run(["unshare", "--mount=%s" % host.mntns, "--propagation", "private", "true"])
         script = ["set -e",
                   # drop this namespace's copy of the other hosts' namespace files
-                  "umount -l %s || true" % (self.state / "ns")]
+                  "umount -l %s || true" % (self.state / "ns"),
+                  # and of any other lab's namespaces (several labs may share this machine)
+                  "awk '$3 == \"nsfs\" {print $2}' /proc/self/mounts | while read -r m; do"
+                  " umount -l \"$m\" || true; done"]
         for key, mounted in PRIVATE_PATHS.items():
             script.append("mount --bind %s %s" % (host.private(key), mounted))
         run(["nsenter", "--mount=%s" % host.mntns, "--", "sh", "-c", "\n".join(script)])
