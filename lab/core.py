@@ -389,7 +389,17 @@ class Lab:
             },
             "children": {
                 "etcd": {"hosts": {h.name: None for h in hosts}},
-                "dqlite": {"hosts": {h.name: None for h in hosts}},
+                # how an operator's inventory tells the recover role about this layout
+                "dqlite": {"hosts": {h.name: None for h in hosts}, "vars": {
+                    "recover_flavor": "go-dqlite-app",
+                    "recover_data_dir": "{{ dqlite_data_dir }}",
+                    "recover_address": "{{ dqlite_address }}",
+                    "recover_service_control": "commands",
+                    "recover_service_commands": {
+                        action: "%s dqlite %s" % (" ".join(self.service_cmd), action)
+                        for action in ("start", "stop", "status")},
+                    "recover_verify_query": "SELECT COUNT(*) FROM model",
+                }},
             },
             "hosts": {h.name: {
                 "ansible_host": h.address,

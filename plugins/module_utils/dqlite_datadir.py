@@ -14,7 +14,9 @@ Debian ships (libraft 0.15, no automatic renaming of corrupt segments) unless to
 
 from __future__ import annotations
 
+import hashlib
 import os
+import struct
 
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_format as fmt
 
@@ -162,7 +164,13 @@ def _segment_facts(path, name, kind, first, last, full):
                     servers = {"error": str(exc)}
                 facts["changes"].append({"index": index, "term": term, "servers": servers})
             facts["last_term"] = term
+            last = (term, etype, payload)
             index += 1
+    if facts["last_term"] is not None:
+        # Batches differ between members (each writes its own), entries do not: this digest
+        # tells two logs that end at the same term and index apart.
+        digest = hashlib.sha256(struct.pack("<QB", last[0], last[1]) + bytes(last[2])).hexdigest()
+        facts["last_entry_sha256"] = digest
     return facts
 
 
@@ -357,7 +365,8 @@ def _log_summary(segments, newest, usable):
     if newest:
         summary.update(last_index=newest["index"], last_term=newest["term"], source="snapshot")
     if kept and kept[-1]["last_index"] is not None and kept[-1]["last_index"] >= summary["last_index"]:
-        summary.update(last_index=kept[-1]["last_index"], last_term=kept[-1]["last_term"], source=kept[-1]["file"])
+        summary.update(last_index=kept[-1]["last_index"], last_term=kept[-1]["last_term"], source=kept[-1]["file"],
+                       last_entry_sha256=kept[-1].get("last_entry_sha256"))
     summary["snapshots"] = [s["index"] for s in usable]
     return summary
 

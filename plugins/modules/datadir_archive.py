@@ -1,0 +1,145 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: quorum.recovery contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: datadir_archive
+short_description: Archive a data directory with a checksummed manifest, or verify such an archive
+version_added: 0.1.0
+description:
+  - With O(state=present), writes a gzip'd tar of the files of O(path) to O(dest), with a
+    C(MANIFEST.json) listing every file's size and sha256 and a C(dest.sha256) file beside it.
+    The archive is written under a temporary name, fsync'd and renamed, with mode C(0600).
+  - An existing archive is never overwritten; it is verified instead and the module reports no
+    change. So a safety archive taken before a recovery stays the one taken BEFORE any change,
+    however often the recovery is re-run.
+  - With O(state=verified), only checks that O(dest) matches its checksum and every file its
+    manifest.
+  - Never deletes or changes anything in O(path).
+author:
+  - quorum.recovery maintainers (@quorum-recovery)
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation
+      indicates no change.
+    support: full
+options:
+  path:
+    description: The directory to archive. Required with O(state=present).
+    type: path
+  dest:
+    description: The archive file to write or verify.
+    type: path
+    required: true
+  include:
+    description: Only these file names (relative to O(path)); all regular files when omitted.
+    type: list
+    elements: str
+  exclude:
+    description: File names (or relative paths) to leave out.
+    type: list
+    elements: str
+    default: []
+  extra:
+    description: Facts recorded in the manifest (recovery id, source host, log position).
+    type: dict
+    default: {}
+  state:
+    description: V(present) creates the archive unless it exists; V(verified) only checks it.
+    type: str
+    choices: [present, verified]
+    default: present
+  checksum:
+    description: The expected sha256 of the archive file (else C(dest.sha256) is used).
+    type: str
+"""
+
+EXAMPLES = r"""
+- name: Safety archive of a member's data directory before any change
+  quorum.recovery.datadir_archive:
+    path: /var/snap/microk8s/current/var/kubernetes/backend
+    dest: /var/backups/quorum-recovery/r20261121/safety-node1.tar.gz
+    extra:
+      recovery_id: r20261121
+      host: node1
+
+- name: Verify an archive that arrived on another member
+  quorum.recovery.datadir_archive:
+    dest: /var/backups/quorum-recovery/r20261121/source.tar.gz
+    checksum: "{{ source_archive.archive_sha256 }}"
+    state: verified
+"""
+
+RETURN = r"""
+archive_sha256:
+  description: sha256 of the archive file.
+  returned: success
+  type: str
+manifest:
+  description: The archive's manifest (files with size and sha256, the O(extra) facts, creation time).
+  returned: success
+  type: dict
+existed:
+  description: Whether the archive was already there (then it was verified, not rewritten).
+  returned: success
+  type: bool
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path"),
+            dest=dict(type="path", required=True),
+            include=dict(type="list", elements="str"),
+            exclude=dict(type="list", elements="str", default=[]),
+            extra=dict(type="dict", default={}),
+            state=dict(type="str", choices=["present", "verified"], default="present"),
+            checksum=dict(type="str"),
+        ),
+        required_if=[("state", "present", ["path"])],
+        supports_check_mode=True,
+    )
+    dest, path = module.params["dest"], module.params["path"]
+    if module.params["state"] == "verified" or os.path.exists(dest):
+        try:
+            manifest = arch.verify(dest, module.params["checksum"])
+        except arch.ArchiveError as exc:
+            module.fail_json(msg="archive check failed: %s" % exc)
+        module.exit_json(changed=False, existed=True, manifest=manifest, archive_sha256=manifest["archive_sha256"])
+    if not os.path.isdir(path):
+        module.fail_json(msg="path %s is not a directory; nothing was written" % path)
+    files = arch.list_files(path, module.params["include"], module.params["exclude"])
+    if module.params["include"] is not None:
+        missing = sorted(set(module.params["include"]) - set(files))
+        if missing:
+            module.fail_json(msg="include names files that are not in %s: %s; nothing was written"
+                             % (path, ", ".join(missing)))
+    if module.check_mode:
+        module.exit_json(changed=True, existed=False, manifest={"files": [{"name": f} for f in files]},
+                         archive_sha256=None)
+    try:
+        manifest = arch.create(path, dest, files, module.params["extra"])
+        manifest = arch.verify(dest)  # read back what was written before calling it done
+    except (OSError, arch.ArchiveError) as exc:
+        module.fail_json(msg="archiving %s to %s failed: %s" % (path, dest, exc))
+    module.exit_json(changed=True, existed=False, manifest=manifest, archive_sha256=manifest["archive_sha256"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: quorum.recovery contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: dqlite_reconfigure
+short_description: Rewrite a stopped dqlite member's membership with the real tool, exactly once
+version_added: 0.1.0
+description:
+  - Writes the new membership as go-dqlite YAML and runs the real reconfigure command (the
+    go-dqlite shell's C(.reconfigure), as MicroK8s, k8s-snap and microcluster do) on the
+    directory. dqlite appends ONE closed segment C(N-N), N = last index + 1, holding a
+    configuration entry with term 1.
+  - Exactly once. Before running, the directory must end at O(expected_last_index) (the plan's
+    number). If it already ends at O(expected_last_index) + 1 with a configuration entry equal to
+    the new membership, the reconfigure already happened and nothing is run. Anything else fails
+    without running the tool, because the directory is not what the plan was made from.
+    Running it twice, or on two members, forks the log for good (lxd#13524).
+  - The member must be stopped.
+author:
+  - quorum.recovery maintainers (@quorum-recovery)
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation
+      indicates no change.
+    support: full
+options:
+  path:
+    description: The member's raft data directory.
+    type: path
+    required: true
+  membership:
+    description: The new membership, each with C(id), C(address) and C(role) (V(voter), V(stand-by), V(spare)).
+    type: list
+    elements: dict
+    required: true
+  expected_last_index:
+    description: The last log index the plan saw on this member.
+    type: int
+    required: true
+  command:
+    description:
+      - The reconfigure command as a list of arguments. C({dir}) and C({yaml}) are replaced by the
+        data directory and the membership file.
+      - "For example C([dqlite, -s, 10.0.0.1:9001, demo, .reconfigure {dir} {yaml}])."
+    type: list
+    elements: str
+    required: true
+  yaml_path:
+    description: Where to write the membership YAML the command reads (outside the data directory is fine).
+    type: path
+    required: true
+"""
+
+EXAMPLES = r"""
+- name: Reconfigure the winner once
+  quorum.recovery.dqlite_reconfigure:
+    path: /var/snap/microk8s/current/var/kubernetes/backend
+    membership:
+      - {id: 3297041220608546238, address: "10.0.0.1:19001", role: voter}
+    expected_last_index: 1509
+    yaml_path: /var/backups/quorum-recovery/r1/cluster.yaml
+    command: [/snap/microk8s/current/bin/dqlite, -s, "127.0.0.1:19001", -c, "{dir}/cluster.crt", -k,
+              "{dir}/cluster.key", k8s, ".reconfigure {dir} {yaml}"]
+"""
+
+RETURN = r"""
+segment:
+  description: The name of the segment holding the new configuration.
+  returned: success
+  type: str
+  sample: "0000000000001510-0000000000001510"
+already_done:
+  description: True when the directory already held this reconfigure, so nothing was run.
+  returned: success
+  type: bool
+stdout:
+  description: What the reconfigure command printed.
+  returned: when it ran
+  type: str
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_datadir
+from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
+
+ROLE_NUMBERS = {"voter": 0, "stand-by": 1, "spare": 2}
+
+
+def render_yaml(membership):
+    lines = []
+    for server in membership:
+        lines += ["- Address: %s" % server["address"], "  ID: %d" % int(server["id"]),
+                  "  Role: %d" % ROLE_NUMBERS[server["role"]]]
+    return "\n".join(lines) + "\n"
+
+
+def _done(facts, membership, index):
+    """Whether the directory ends with this reconfigure: a term-1 change at `index`."""
+    want = sorted((int(s["id"]), s["address"], s["role"]) for s in membership)
+    log = facts.get("log") or {}
+    if log.get("last_index") != index or log.get("last_term") != 1:
+        return False
+    for segment in facts.get("segments", []):
+        for change in segment.get("changes", []):
+            if change["index"] == index and isinstance(change["servers"], list):
+                return sorted((s["id"], s["address"], s["role"]) for s in change["servers"]) == want
+    return False
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path", required=True),
+            membership=dict(type="list", elements="dict", required=True),
+            expected_last_index=dict(type="int", required=True),
+            command=dict(type="list", elements="str", required=True),
+            yaml_path=dict(type="path", required=True),
+        ),
+        supports_check_mode=True,
+    )
+    path, expected = module.params["path"], module.params["expected_last_index"]
+    membership = module.params["membership"]
+    for server in membership:
+        if set(server) < {"id", "address", "role"} or server["role"] not in ROLE_NUMBERS:
+            module.fail_json(msg="membership entry %r needs id, address and role (voter, stand-by or spare)" % server)
+    if not any(s["role"] == "voter" for s in membership):
+        module.fail_json(msg="membership has no voter")
+    if not os.path.isdir(path):
+        module.fail_json(msg="path %s is not a directory" % path)
+    facts = dqlite_datadir.inspect_datadir(path, "quick")
+    segment = "%016d-%016d" % (expected + 1, expected + 1)
+    if facts["running"]["running"]:
+        module.fail_json(msg="dqlite is running on %s (%s); stop it first" % (path, facts["running"]["evidence"]))
+    if _done(facts, membership, expected + 1):
+        module.exit_json(changed=False, already_done=True, segment=segment)
+    last = (facts.get("log") or {}).get("last_index")
+    if last != expected:
+        module.fail_json(msg="%s ends at index %s, but the plan expects %d (or %d after its reconfigure): the "
+                         "directory changed since the plan was made; not running the reconfigure"
+                         % (path, last, expected, expected + 1), member=facts)
+    if facts["verdict"] != "healthy":
+        module.fail_json(msg="%s is %s; the plan only reconfigures a healthy member" % (path, facts["verdict"]),
+                         member=facts)
+    if module.check_mode:
+        module.exit_json(changed=True, already_done=False, segment=segment)
+    yaml_path = module.params["yaml_path"]
+    os.makedirs(os.path.dirname(yaml_path), mode=0o700, exist_ok=True)
+    arch.write_atomic(yaml_path, render_yaml(membership).encode())
+    argv = [a.replace("{dir}", path).replace("{yaml}", yaml_path) for a in module.params["command"]]
+    rc, out, err = module.run_command(argv)
+    after = dqlite_datadir.inspect_datadir(path, "quick")
+    if rc != 0 or not _done(after, membership, expected + 1):
+        module.fail_json(msg="the reconfigure command %s did not append %s with the new membership (rc %d): %s"
+                         % (argv, segment, rc, (err or out).strip()), stdout=out, stderr=err, member=after)
+    module.exit_json(changed=True, already_done=False, segment=segment, stdout=out)
+
+
+if __name__ == "__main__":
+    main()
