@@ -89,14 +89,35 @@ plan:
   returned: success
   type: dict
   contains:
-    winner: {description: The elected member., type: str}
-    why: {description: The reasons for the choice, one sentence each., type: list, elements: str}
-    warnings: {description: What the plan cannot prove., type: list, elements: str}
-    membership: {description: The new membership (host, id, address, role)., type: list, elements: dict}
-    reconfigure: {description: Winner, expected last index and the segment the reconfigure appends., type: dict}
-    table: {description: The members as a table, one line each., type: list, elements: str}
-    picture: {description: Each member's log drawn to one scale., type: list, elements: str}
-    hash: {description: Digest of winner, membership, reconfigure point and positions., type: str}
+    winner:
+      description: The elected member.
+      type: str
+    why:
+      description: The reasons for the choice, one sentence each.
+      type: list
+      elements: str
+    warnings:
+      description: What the plan cannot prove.
+      type: list
+      elements: str
+    membership:
+      description: The new membership, each with host, id, address and role.
+      type: list
+      elements: dict
+    reconfigure:
+      description: The winner, its expected last index and the segment the reconfigure appends.
+      type: dict
+    table:
+      description: The members as a table, one line each.
+      type: list
+      elements: str
+    picture:
+      description: Each member's log drawn to one scale.
+      type: list
+      elements: str
+    hash:
+      description: Digest of the winner, the membership, the reconfigure point and the positions.
+      type: str
 reasons:
   description: Why the plan was refused.
   returned: failure

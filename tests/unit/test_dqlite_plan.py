@@ -1,0 +1,152 @@
+"""The recovery plan's election and refusals, on member facts shaped like dqlite_facts' output.
+
+These are synthetic facts, so every branch of the rules can be reached; the integration tests
+(test_recover_scenarios.py) run the same code on facts read from real broken lab clusters.
+"""
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_plan as dp
+
+IDS = {"h1": 101, "h2": 102, "h3": 103, "h4": 104, "h5": 105}
+
+
+def addr(host):
+    return "10.0.0.%d:9001" % IDS[host]
+
+
+def servers(hosts, roles=None):
+    return [{"id": IDS[h], "address": addr(h), "role": (roles or {}).get(h, "voter")} for h in hosts]
+
+
+def member(host, term, index, verdict="healthy", snap=0, digest="same", config=("h1", "h2", "h3"), problems=None,
+           roles=None):
+    return {"exists": True, "verdict": verdict,
+            "identity": {"id": IDS[host], "address": addr(host), "role": "voter"},
+            "log": {"last_term": term, "last_index": index, "snapshot_index": snap, "first_index": 1,
+                    "last_entry_sha256": digest},
+            "membership": {"authoritative": {"servers": servers(config, roles)}},
+            "problems": problems or []}
+
+
+def three(**over):
+    base = {"h1": member("h1", 2, 100), "h2": member("h2", 2, 90), "h3": member("h3", 2, 80)}
+    base.update(over)
+    return base
+
+
+def test_most_advanced_by_last_entry_term_then_index():
+    # h3 campaigned alone (its metadata term would be high) but its LOG ends in an older term
+    plan = dp.make_plan({"h1": member("h1", 3, 50), "h2": member("h2", 2, 400), "h3": member("h3", 2, 390)})
+    assert plan["winner"] == "h1"
+    assert plan["reconfigure"] == {"host": "h1", "expected_last_index": 50,
+                                   "segment": "0000000000000051-0000000000000051"}
+    assert "term 3 index 50" in plan["why"][0]
+    assert [m["fate"] for m in plan["members"]] == ["winner", "restore from h1", "restore from h1"]
+
+
+def test_tie_with_same_last_entry_is_broken_by_name_and_with_different_entries_refused():
+    plan = dp.make_plan(three(h2=member("h2", 2, 100), h1=member("h1", 2, 100)))
+    assert plan["winner"] == "h1"
+    with pytest.raises(dp.PlanRefused, match="diverge"):
+        dp.make_plan(three(h2=member("h2", 2, 100, digest="other")))
+
+
+def test_override_behind_another_member_is_refused_and_an_equal_one_accepted():
+    with pytest.raises(dp.PlanRefused, match="recover_winner=h2 is at term 2 index 90, behind h1"):
+        dp.make_plan(three(), winner="h2")
+    plan = dp.make_plan(three(h2=member("h2", 2, 100)), winner="h2")
+    assert plan["winner"] == "h2" and "recover_winner" in plan["why"][0]
+
+
+def test_members_of_different_clusters_are_refused():
+    other = member("h3", 5, 999, config=("h3",))
+    with pytest.raises(dp.PlanRefused, match="different clusters"):
+        dp.make_plan({"h1": member("h1", 2, 100, config=("h1", "h2")), "h2": member("h2", 2, 99, config=("h1", "h2")),
+                      "h3": other})
+
+
+def test_no_usable_member_is_refused_naming_each_problem():
+    bad = [{"severity": "error", "file": "0000000000000001-0000000000000050", "message": "found 3 entries"}]
+    with pytest.raises(dp.PlanRefused, match="no usable member.*found 3 entries"):
+        dp.make_plan({"h1": member("h1", 2, 100, verdict="unusable", problems=bad)})
+
+
+def test_winner_lacking_another_members_snapshot_is_refused():
+    # h2's log ends in an older term, but its snapshot holds applied (so committed) entries up to 150
+    with pytest.raises(dp.PlanRefused, match="h2 has a snapshot at index 150, beyond the winner h1's last index 100"):
+        dp.make_plan(three(h2=member("h2", 1, 160, snap=150)))
+
+
+def test_every_server_must_be_reachable_or_declared_lost():
+    members = {"h1": member("h1", 2, 100)}
+    with pytest.raises(dp.PlanRefused) as err:
+        dp.make_plan(members)
+    assert len(err.value.reasons) == 2 and "node 102 at 10.0.0.102:9001" in err.value.reasons[0]
+    for lost in (["h2", "h3"], [addr("h2"), addr("h3")], [str(IDS["h2"]), str(IDS["h3"])]):
+        plan = dp.make_plan(members, lost=lost, hosts={"h2": addr("h2"), "h3": addr("h3")})
+        assert plan["membership"] == [{"host": "h1", "id": 101, "address": addr("h1"), "role": "voter"}]
+        assert sorted(s["id"] for s in plan["lost"]) == [102, 103]
+        assert any("only 1 of the 3 voters" in w for w in plan["warnings"])
+
+
+def test_a_repairable_member_ahead_is_repaired_first_and_never_elected_unrepaired():
+    cut = {"truncate": {"file": "open-2", "length": 4096}}
+    torn = member("h1", 2, 120, verdict="repairable", problems=[
+        {"severity": "error", "file": "open-2", "message": "cut inside batch 3", "action": cut}])
+    plan = dp.make_plan(three(h1=torn))
+    assert plan["stage"] == "repair" and plan["repairs"] == {"h1": [cut]}
+    with pytest.raises(dp.PlanRefused, match="h1 is still repairable after its repair"):
+        dp.make_plan(three(h1=torn), allow_repairs=False)
+    # behind the best healthy member: no repair needed, it is rebuilt from the winner
+    plan = dp.make_plan(three(h3=member("h3", 2, 10, verdict="repairable", problems=torn["problems"])))
+    assert plan["stage"] == "final" and plan["winner"] == "h1"
+
+
+def test_an_unusable_member_ahead_refuses_unless_a_majority_proves_its_extra_entries_uncommitted():
+    bad = [{"severity": "error", "file": "x", "message": "closed segment: bad checksum"}]
+    ahead = member("h3", 2, 500, verdict="unusable", problems=bad)
+    plan = dp.make_plan(three(h3=ahead))  # h1 and h2 are 2 of 3 voters
+    assert plan["winner"] == "h1" and any("not committed" in w for w in plan["warnings"])
+    alone = {"h1": member("h1", 2, 100), "h3": ahead}
+    with pytest.raises(dp.PlanRefused, match="recover_accept_loss"):
+        dp.make_plan(alone, lost=["h2"], hosts={"h2": addr("h2")})
+    plan = dp.make_plan(alone, lost=["h2"], hosts={"h2": addr("h2")}, accept_loss=True)
+    assert any("accepted" in w for w in plan["warnings"])
+
+
+@pytest.mark.parametrize("count,voters", [(1, 1), (2, 1), (3, 3), (4, 3), (5, 3)])
+def test_new_membership_has_an_odd_number_of_voters_winner_first(count, voters):
+    hosts = ["h1", "h2", "h3", "h4", "h5"][:count]
+    members = {h: member(h, 2, 100 - i, config=tuple(IDS and ["h1", "h2", "h3", "h4", "h5"])) for i, h in enumerate(hosts)}
+    lost = [h for h in IDS if h not in hosts]
+    plan = dp.make_plan(members, lost=lost, hosts={h: addr(h) for h in IDS})
+    roles = [m["role"] for m in plan["membership"]]
+    assert plan["membership"][0]["host"] == "h1" and roles[0] == "voter"
+    assert roles.count("voter") == voters and len(roles) == count
+
+
+def test_a_changed_address_goes_into_the_new_membership():
+    plan = dp.make_plan(three(), addresses={"h2": "10.9.9.9:9001"})
+    assert {m["host"]: m["address"] for m in plan["membership"]}["h2"] == "10.9.9.9:9001"
+
+
+def test_member_outside_the_winners_membership_is_refused():
+    stray = member("h4", 2, 10)
+    with pytest.raises(dp.PlanRefused, match=r"h4 \(node 104\) is not in the winner's membership"):
+        dp.make_plan(three(h4=stray))
+
+
+def test_plan_hash_is_stable_and_follows_the_decision():
+    a, b = dp.make_plan(three()), dp.make_plan(three())
+    assert a["hash"] == b["hash"]
+    assert dp.make_plan(three(h2=member("h2", 2, 100)), winner="h2")["hash"] != a["hash"]
+
+
+def test_table_and_picture_show_every_member():
+    plan = dp.make_plan(three(h3=member("h3", 2, 80, snap=64)))
+    assert len(plan["table"]) == 2 + 3
+    assert plan["table"][2].split()[:3] == ["h1", "101", addr("h1")]
+    lines = {line.split()[0]: line for line in plan["picture"][1:4]}
+    assert "<- winner" in lines["h1"] and "20 behind" in lines["h3"] and "S" in lines["h3"]
