@@ -60,15 +60,28 @@ def _reverse_bits(value, width):
 _REFLECT_BYTES = bytes(_reverse_bits(b, 8) for b in range(256))
 
 
+def _reverse32(value):
+    return int.from_bytes(value.to_bytes(4, "little").translate(_REFLECT_BYTES), "big")
+
+
+def reflect(data):
+    """data with every byte bit-reversed: what crc32_reflected() takes (one pass, in C)."""
+    return bytes(data).translate(_REFLECT_BYTES)
+
+
+def crc32_reflected(reflected, crc=0):
+    """raft's CRC of the bytes whose reflection is `reflected` (a bytes or memoryview slice of
+    reflect(data)): a large file is reflected once and its batches checked by slices."""
+    return _reverse32(zlib.crc32(reflected, _reverse32(crc) ^ 0xFFFFFFFF) ^ 0xFFFFFFFF)
+
+
 def crc32(data, crc=0):
     """raft's byteCrc32 (MSB-first CRC-32, init 0, no final XOR), continued from crc.
 
     The MSB-first CRC of data is the bit-reversal of the reflected CRC (zlib's, without its
     pre- and post-inversion) of data with every byte bit-reversed: so both steps run in C.
     """
-    reflected_init = _reverse_bits(crc, 32)
-    raw = zlib.crc32(bytes(data).translate(_REFLECT_BYTES), reflected_init ^ 0xFFFFFFFF) ^ 0xFFFFFFFF
-    return _reverse_bits(raw, 32)
+    return crc32_reflected(reflect(data), crc)
 
 
 def _u64(buf, offset):
@@ -153,6 +166,13 @@ def parse_segment(data, full=True, closed=True):
     offset = 8
     size = len(data)
     check_data = full or not closed  # open segments hold the torn tail: always check them whole
+    # Reading every byte: reflect the file once, then each batch's CRC is a slice of it. Quick
+    # depth reads headers only: reflect just those.
+    whole = memoryview(reflect(data)) if check_data else None
+
+    def crc_of(start, end):
+        return crc32_reflected(whole[start:end]) if whole is not None else crc32(data[start:end])
+
     while offset < size:
         if not closed and not any(data[offset:offset + 16]) and not any(data[offset:]):
             break  # open segments are preallocated and zero-filled after the last batch
@@ -171,7 +191,7 @@ def parse_segment(data, full=True, closed=True):
                 error = "entries count %d in preamble is too high" % count
             elif offset + 8 + header_len > size:
                 error = "short read: batch header of %d entries runs past the end of the file" % count
-            elif crc32(data[offset + 8:offset + 8 + header_len]) != crc_header:
+            elif crc_of(offset + 8, offset + 8 + header_len) != crc_header:
                 error = "header checksum mismatch"
             else:
                 entries = []
@@ -191,7 +211,7 @@ def parse_segment(data, full=True, closed=True):
                     batch = {"offset": offset, "entries": entries, "data_crc": crc_data,
                              "data_range": (data_start, data_start + data_len), "data_checked": False}
                     if check_data:
-                        if crc32(data[data_start:data_start + data_len]) != crc_data:
+                        if crc_of(data_start, data_start + data_len) != crc_data:
                             error = "data checksum mismatch"
                         else:
                             batch["data_checked"] = True
@@ -207,7 +227,7 @@ def parse_segment(data, full=True, closed=True):
     if result["error"] is None and result["batches"] and not result["batches"][-1]["data_checked"]:
         last = result["batches"][-1]
         start, end = last["data_range"]
-        if crc32(data[start:end]) != last["data_crc"]:
+        if crc_of(start, end) != last["data_crc"]:
             result["batches"].pop()
             result["entries"] -= len(last["entries"])
             result["end"] = last["offset"]
