@@ -285,37 +285,45 @@ def _rotl(value, bits):
 
 
 def xxh32(data, seed=0):
-    """xxHash32, as LZ4 frames use it for header, block and content checksums."""
-    length = len(data)
-    offset = 0
+    """xxHash32, as LZ4 frames use it for header, block and content checksums.
+
+    The 16-byte stripe loop is the hot path of a full snapshot check (pure Python, about 20 MB/s
+    here): it iterates with struct.iter_unpack, keeps everything in locals, and masks a
+    rotation only once, after its multiplication (the bits above 32 cannot reach the low 32).
+    """
+    view = memoryview(data).cast("B")
+    length = len(view)
+    offset = length - length % 16
+    m32, p1, p2 = _M32, _P1, _P2
     if length >= 16:
-        v1 = (seed + _P1 + _P2) & _M32
-        v2 = (seed + _P2) & _M32
+        v1 = (seed + p1 + p2) & m32
+        v2 = (seed + p2) & m32
         v3 = seed
-        v4 = (seed - _P1) & _M32
-        limit = length - 16
-        unpack = struct.Struct("<4I").unpack_from
-        while offset <= limit:
-            a, b, c, d = unpack(data, offset)
-            v1 = _rotl((v1 + a * _P2) & _M32, 13) * _P1 & _M32
-            v2 = _rotl((v2 + b * _P2) & _M32, 13) * _P1 & _M32
-            v3 = _rotl((v3 + c * _P2) & _M32, 13) * _P1 & _M32
-            v4 = _rotl((v4 + d * _P2) & _M32, 13) * _P1 & _M32
-            offset += 16
-        h = (_rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)) & _M32
+        v4 = (seed - p1) & m32
+        for a, b, c, d in struct.iter_unpack("<4I", view[:offset]):
+            v1 = (v1 + a * p2) & m32
+            v1 = ((v1 << 13) | (v1 >> 19)) * p1 & m32
+            v2 = (v2 + b * p2) & m32
+            v2 = ((v2 << 13) | (v2 >> 19)) * p1 & m32
+            v3 = (v3 + c * p2) & m32
+            v3 = ((v3 << 13) | (v3 >> 19)) * p1 & m32
+            v4 = (v4 + d * p2) & m32
+            v4 = ((v4 << 13) | (v4 >> 19)) * p1 & m32
+        h = (_rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)) & m32
     else:
-        h = (seed + _P5) & _M32
-    h = (h + length) & _M32
+        offset = 0
+        h = (seed + _P5) & m32
+    h = (h + length) & m32
     while offset + 4 <= length:
-        h = _rotl((h + struct.unpack_from("<I", data, offset)[0] * _P3) & _M32, 17) * _P4 & _M32
+        h = _rotl((h + struct.unpack_from("<I", view, offset)[0] * _P3) & m32, 17) * _P4 & m32
         offset += 4
     while offset < length:
-        h = _rotl((h + data[offset] * _P5) & _M32, 11) * _P1 & _M32
+        h = _rotl((h + view[offset] * _P5) & m32, 11) * p1 & m32
         offset += 1
     h ^= h >> 15
-    h = h * _P2 & _M32
+    h = h * p2 & m32
     h ^= h >> 13
-    h = h * _P3 & _M32
+    h = h * _P3 & m32
     h ^= h >> 16
     return h
 

@@ -139,30 +139,32 @@ member:
       description:
         - Each problem with severity (V(error), V(warning), V(info)), file, index_range, message,
           dqlite_would, data_lost, remedy and action.
-        - O(action) is what one reviewed step would do, C({"quarantine": [files]}) (pass them to
-          O(quarantine)), C({"truncate": {"file": name, "length": bytes}}) (pass the file to O(cut))
-          or C({"write": "info.yaml"}) (the recovery writes that file from its plan); null when only
-          a rebuild from another member helps.
+        - The action is what one reviewed step would do; C(quarantine) lists files to pass to
+          O(quarantine), C(truncate) names a file and length to pass to O(cut), C(write) names a yaml
+          file the recovery writes from its plan; null when only a rebuild from another member helps.
       type: list
       elements: dict
-      sample: [{"severity": "error", "file": "0000000000003966-0000000000004018", "index_range": [3966, 4018],
-                "message": "closed segment: header checksum mismatch in batch 1 at byte 8",
-                "dqlite_would": "rename 0000000000003966-0000000000004018 to corrupt-<ns>-<name> (auto-recovery),
-                  then start with last index 3965",
-                "data_lost": "entries 3966-4018 of this segment",
-                "remedy": "quarantine it if no other member is behind index 3966 ...",
-                "action": {"quarantine": ["0000000000003966-0000000000004018"]}}]
+      sample:
+        - severity: error
+          file: "0000000000003966-0000000000004018"
+          index_range: [3966, 4018]
+          message: "closed segment: header checksum mismatch in batch 1 at byte 8"
+          dqlite_would: "rename 0000000000003966-0000000000004018 to corrupt-<ns>-<name> (auto-recovery), then start with last index 3965"
+          data_lost: "entries 3966-4018 of this segment"
+          remedy: "quarantine it if no other member is behind index 3966"
+          action:
+            quarantine: ["0000000000003966-0000000000004018"]
     prediction:
       description:
         - A replay of what dqlite does to this directory at start, checked against real dqlite
           (docs/dqlite_facts.md has the measured table).
-        - O(outcome) is V(starts), V(refuses) (exits with raft's or go-dqlite's message),
+        - Its outcome is V(starts), V(refuses) (exits with raft's or go-dqlite's message),
           V(crashes) (dies without a useful message) or V(hangs) (spins for ever, as raft does on
           a truncated LZ4 snapshot).
-        - When it starts, O(last_index) is the last index it keeps; O(removed),
-          O(renamed_to_corrupt), O(truncated) (file to byte offset) and O(closed_as) (open segment
+        - When it starts, C(last_index) is the last index it keeps; C(removed),
+          C(renamed_to_corrupt), C(truncated) (file to byte offset) and C(closed_as) (open segment
           to the closed name it gets) are the changes start-up makes to the directory;
-          O(attempts) is 2 when raft's auto-recovery retried the load.
+          C(attempts) is 2 when raft's auto-recovery retried the load.
       type: dict
       sample: {"starts": true, "outcome": "starts", "reason": null, "first_failure": null, "last_index": 4775,
                "attempts": 1, "removed": ["open-3"], "renamed_to_corrupt": [], "truncated": {},
