@@ -43,7 +43,7 @@ def _batch(term, payload):
 
 def _page(rng, index):
     """An SQLite-WAL-like frame: a little varying data, mostly zeros and repeats."""
-    row = (b"key%08d=" % index) + bytes(rng.getrandbits(8) for _ in range(200))
+    row = (b"key%08d=" % index) + bytes(rng.getrandbits(8) for _byte in range(200))
     return (row * 8).ljust(PAYLOAD, b"\0")
 
 
@@ -128,13 +128,13 @@ def main():
         with open(snapshot, "rb") as handle:
             fmt.verify_lz4_frame(handle.read(), full=True)
 
-    cat()  # warm the cache
     def segments_only():
         for name in files:
             if fmt.CLOSED_SEGMENT_RE.match(os.path.basename(name)):
                 with open(name, "rb") as handle:
                     assert fmt.parse_segment(handle.read(), full=True)["error"] is None
 
+    cat()  # warm the cache
     results = {"cat": _timed(cat, args.runs), "full": _timed(lambda: scan("full"), args.runs),
                "segments_only_full": _timed(segments_only, args.runs),
                "quick": _timed(lambda: scan("quick"), args.runs),

@@ -369,8 +369,8 @@ def _inspect_log(path, kinds, newest, usable, full, problems, auto_recovery):
         if facts["format"] not in (None, 0, fmt.DISK_FORMAT) or (facts["format"] == 0 and facts["trailing_nonzero_bytes"]):
             later = [n for c, n in kinds["open"] if c > counter]
             problems.append(_problem(
-                ERROR, name, "open segment has format %d, expected %d" % (facts["format"], fmt.DISK_FORMAT),
-                "refuse to start (unexpected format version %d)" % facts["format"],  # refined by _explain_prediction
+                ERROR, name, "open segment has format %s, expected %d" % (facts["format"], fmt.DISK_FORMAT),
+                "refuse to start (unexpected format version %s)" % facts["format"],  # refined by _explain_prediction
                 "every entry in %s" % ", ".join([name] + later),
                 "quarantine it and every later open segment (%s), as raft's auto-recovery would: the entries "
                 "in them are lost here" % (", ".join(later) or "none"),
