@@ -8,8 +8,11 @@ PRIVATE to this collection: may change without notice. Standard library only.
 inspect_datadir() returns the member's facts: identity, cached and authoritative membership,
 metadata, snapshots, segments, the last log entry (term and index), problems and a verdict.
 It opens files for reading only and never renames, writes, locks or starts anything.
-Predictions follow the raft loader (canonical/raft uv_load/uv_segment/uv_snapshot): the one
-Debian ships (libraft 0.15, no automatic renaming of corrupt segments) unless told otherwise.
+Predictions replay the raft loader (canonical/raft uv.c, uv_list.c, uv_segment.c,
+uv_snapshot.c, uv_metadata.c), the same in raft 0.14 to 0.18 and in dqlite's in-tree raft:
+auto-recovery (on by default) renames a corrupt LAST closed segment, or a corrupt open segment,
+to corrupt-* and retries once. predict_start() is that replay; docs/dqlite_facts.md has the
+behaviour measured against real dqlite.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_form
 HEALTHY, REPAIRABLE, UNUSABLE = "healthy", "repairable", "unusable"
 ERROR, WARNING, INFO = "error", "warning", "info"
 
+BOOTSTRAP_ID = 0x2DC171858C3155BE  # go-dqlite's ID of the node that bootstraps a cluster
 NODE_LOCAL_FILES = ("info.yaml", "cluster.crt", "cluster.key", "localnode.yaml", "failure-domain",
                     "k8s-dqlite.sock", "dqlite-lock")
 
@@ -132,6 +136,11 @@ def _inspect_snapshots(path, kinds, full, problems):
             entry["meta_error"] = str(exc)
         if entry["size"] == 0:
             entry["status"] = "empty"
+            problems.append(_problem(
+                WARNING, data_name, "snapshot %d/%d has an empty data file" % (term, index),
+                "skip it and load the previous snapshot (an empty data file is an unfinished snapshot)",
+                "nothing if the log still holds the entries after the previous snapshot", "none needed",
+                index_range=[index, index]))
         else:
             data = _read(data_path)
             if fmt.is_lz4_frame(data):
@@ -156,25 +165,26 @@ def _segment_facts(path, name, kind, first, last, full):
              "first_index": first, "last_index": last, "last_term": None, "changes": []}
     index = first
     for batch in parsed["batches"]:
-        for term, etype, payload in fmt.entry_payloads(data, batch):
-            if etype == fmt.ENTRY_CHANGE:
-                try:
-                    servers = fmt.parse_configuration(payload)
-                except fmt.FormatError as exc:
-                    servers = {"error": str(exc)}
-                facts["changes"].append({"index": index, "term": term, "servers": servers})
-            facts["last_term"] = term
-            last = (term, etype, payload)
-            index += 1
-    if facts["last_term"] is not None:
-        # Batches differ between members (each writes its own), entries do not: this digest
-        # tells two logs that end at the same term and index apart.
-        digest = hashlib.sha256(struct.pack("<QB", last[0], last[1]) + bytes(last[2])).hexdigest()
-        facts["last_entry_sha256"] = digest
+        # only CHANGE payloads are read; copying every payload would double a full scan's time
+        if any(etype == fmt.ENTRY_CHANGE for _term, etype, _size in batch["entries"]):
+            for offset, (term, etype, payload) in enumerate(fmt.entry_payloads(data, batch)):
+                if etype == fmt.ENTRY_CHANGE:
+                    try:
+                        servers = fmt.parse_configuration(payload)
+                    except fmt.FormatError as exc:
+                        servers = {"error": str(exc)}
+                    facts["changes"].append({"index": index + offset, "term": term, "servers": servers})
+        index += len(batch["entries"])
+        facts["last_term"] = batch["entries"][-1][0]
+    if parsed["batches"]:
+        # Batches differ between members (each writes its own), entries do not: this digest of
+        # the last entry tells two logs that end at the same term and index apart.
+        term, etype, payload = list(fmt.entry_payloads(data, parsed["batches"][-1]))[-1]
+        facts["last_entry_sha256"] = hashlib.sha256(struct.pack("<QB", term, etype) + bytes(payload)).hexdigest()
     return facts
 
 
-def inspect_datadir(path, depth="full", raft_version="0.15"):
+def inspect_datadir(path, depth="full", auto_recovery=True):
     """Everything dqlite_facts reports about one data directory (see the module's RETURN)."""
     full = depth == "full"
     problems = []
@@ -198,7 +208,8 @@ def inspect_datadir(path, depth="full", raft_version="0.15"):
         older = usable[-2] if len(usable) > 1 else None
         why = newest.get("meta_error") or (newest["data"] or {}).get("error")
         problems.append(_problem(
-            ERROR, newest["file"], "newest snapshot %d/%d is corrupt: %s" % (newest["term"], newest["index"], why),
+            ERROR, newest["meta_file"] if newest.get("meta_error") else newest["file"],
+            "newest snapshot %d/%d is corrupt: %s" % (newest["term"], newest["index"], why),
             "refuse to start: raft loads only the newest snapshot and does not fall back",
             "nothing if the log still holds every entry after the older snapshot; otherwise the entries "
             "up to index %d" % newest["index"],
@@ -206,9 +217,12 @@ def inspect_datadir(path, depth="full", raft_version="0.15"):
                 newest["file"], newest["meta_file"], older["file"] if older else "the log from index 1"),
             index_range=[newest["index"], newest["index"]],
             action={"quarantine": [newest["file"], newest["meta_file"]]}))
-    result["segments"] = _inspect_log(path, kinds, newest, usable, full, problems, raft_version)
+    result["segments"] = _inspect_log(path, kinds, newest, usable, full, problems, auto_recovery)
     result["log"] = _log_summary(result["segments"], newest, usable)
     result["membership"] = _membership(result, newest, problems)
+    result["prediction"] = predict_start(result["metadata"], snapshots, result["segments"], auto_recovery,
+                                         _app_refusal(result, names, problems))
+    _explain_prediction(result["prediction"], result["log"], problems)
     result["leftovers"] = {"tmp": kinds["tmp"], "corrupt": kinds["corrupt"]}
     if "join" in names:
         problems.append(_problem(WARNING, "join", "this node never finished joining its cluster",
@@ -218,15 +232,48 @@ def inspect_datadir(path, depth="full", raft_version="0.15"):
     return result
 
 
+def _app_refusal(result, names, problems):
+    """What the go-dqlite app (dqlite-demo, k8s-dqlite, LXD's and microcluster's nodes) checks
+    before raft runs (app.New): info.yaml and cluster.yaml both present or both absent, and the
+    address in info.yaml the one the node is started with. The module does not know the flag,
+    so it takes the address the log's membership gives this node ID."""
+    has_info, has_cluster = "info.yaml" in names, "cluster.yaml" in names
+    if has_info != has_cluster:
+        missing = "cluster.yaml" if has_info else "info.yaml"
+        problems.append(_problem(
+            ERROR, missing, "%s is missing and %s is not" % (missing, "info.yaml" if has_info else "cluster.yaml"),
+            "refuse to start: inconsistent info.yaml and cluster.yaml (go-dqlite app)", "nothing in the database",
+            "write %s (this node's %s) from the plan before starting" % (
+                missing, "ID and address" if missing == "info.yaml" else "list of nodes"),
+            action={"write": missing}))
+        return "inconsistent info.yaml and cluster.yaml"
+    if not has_info:
+        problems.append(_problem(
+            ERROR, "info.yaml", "info.yaml and cluster.yaml are both missing",
+            "start as a NEW node with a new ID on top of this raft data", "this member's identity",
+            "write info.yaml and cluster.yaml from the plan before starting", action={"write": "info.yaml"}))
+        return None
+    wrong_address = [d for d in result["membership"]["disagreements"] if d.get("address")]
+    if wrong_address:
+        item = wrong_address[0]
+        problems.append(_problem(
+            ERROR, "info.yaml", "info.yaml says address %s, the membership in the log says %s"
+            % (item["address"], item["expected"]),
+            "refuse to start when started with address %s: address %r in info.yaml does not match (go-dqlite app)"
+            % (item["expected"], item["address"]), "nothing in the database",
+            "write info.yaml from the plan (or start the node with the address info.yaml names)",
+            action={"write": "info.yaml"}))
+        return "address %r in info.yaml does not match %r" % (item["address"], item["expected"])
+    if "join" in names and result["identity"] and result["identity"]["id"] == BOOTSTRAP_ID:
+        return "bootstrap node can't join a cluster"
+    return None
+
+
 def _read_yaml_files(path, names, problems):
     identity, cluster = None, None
     for name in ("info.yaml", "cluster.yaml"):
         if name not in names:
-            problems.append(_problem(
-                WARNING if name == "cluster.yaml" else ERROR, name, "%s is missing" % name,
-                "start without knowing %s" % ("its peers" if name == "cluster.yaml" else "its own ID and address"),
-                "nothing in the database", "write %s from the plan" % name))
-            continue
+            continue  # _app_refusal says what that means
         try:
             with open(os.path.join(path, name), encoding="utf-8", errors="replace") as handle:
                 nodes = fmt.parse_node_yaml(handle.read())
@@ -246,29 +293,39 @@ def _read_yaml_files(path, names, problems):
     return identity, cluster
 
 
-def _inspect_log(path, kinds, newest, usable, full, problems, raft_version):
+def _inspect_log(path, kinds, newest, usable, full, problems, auto_recovery):
     snapshot_index = newest["index"] if newest else 0
     closed = kinds["closed"]
     segments = []
-    for first, last, name in closed:
+    for position, (first, last, name) in enumerate(closed):
         facts = _segment_facts(path, name, "closed", first, last, full)
         segments.append(facts)
         expected = last - first + 1
         if facts["error"]:
             err = facts["error"]
-            problems.append(_problem(
-                ERROR, name, "closed segment: %s in batch %d at byte %d" % (err["message"], err["batch"], err["offset"]),
-                "refuse to start" + (" (newer raft renames the LAST closed segment to corrupt-*)"
-                                     if raft_version != "0.15" else ""),
-                "entries %d-%d of this segment" % (first + facts["entries"], last),
-                "if this is the newest closed segment and no other member is behind it: quarantine it "
-                "(loses its entries); otherwise rebuild this member from the winner",
-                index_range=[first, last], action={"quarantine": [name]}))
+            message = "closed segment: %s in batch %d at byte %d" % (err["message"], err["batch"], err["offset"])
+            lost = "entries %d-%d of this segment" % (first + facts["entries"], last)
         elif facts["entries"] != expected:
-            problems.append(_problem(
-                ERROR, name, "found %d entries (expected %d)" % (facts["entries"], expected), "refuse to start",
-                "the entries of this segment", "rebuild this member from the winner, or quarantine it if it is "
-                "the newest closed segment", index_range=[first, last], action={"quarantine": [name]}))
+            message = "found %d entries (expected %d)" % (facts["entries"], expected)
+            lost = "the entries of this segment"
+        else:
+            continue
+        newer = [n for _f, _l, n in closed[position + 1:]]
+        if not newer:
+            remedy = ("quarantine it if no other member is behind index %d (its entries are lost here; the "
+                      "cluster still has them if a majority does): dqlite then starts at index %d" % (first, first - 1))
+            action = {"quarantine": [name]}
+        elif snapshot_index and last <= snapshot_index:
+            older = [n for _f, _l, n in closed[:position]]
+            remedy = ("quarantine it and the %d older closed segments: the newest snapshot (index %d) covers "
+                      "them, nothing is lost" % (len(older), snapshot_index))
+            action = {"quarantine": older + [name]}
+        else:
+            remedy = ("rebuild this member from the winner (a judgement, not a repair: quarantining it and every "
+                      "newer segment %s would lose entries %d-%d)" % (", ".join(newer), first, closed[-1][1]))
+            action = None
+        problems.append(_problem(ERROR, name, message, "refuse to start",  # refined by _explain_prediction
+                                 lost, remedy, index_range=[first, last], action=action))
     # the chain raft keeps: the newest contiguous run of closed segments
     chain_start = len(segments)
     for i in range(len(segments) - 1, -1, -1):
@@ -316,10 +373,15 @@ def _inspect_log(path, kinds, newest, usable, full, problems, raft_version):
                 index_range=[next_index, next_index + facts["entries"] - 1], action={"quarantine": [name]}))
         next_index += facts["entries"]
         error = facts["error"]
-        if facts["format"] == 0 and facts["trailing_nonzero_bytes"]:
-            problems.append(_problem(ERROR, name, "open segment has format 0 but non-zero content",
-                                     "refuse to start (unexpected format version 0)", "nothing readable",
-                                     "quarantine it", action={"quarantine": [name]}))
+        if facts["format"] not in (None, 0, fmt.DISK_FORMAT) or (facts["format"] == 0 and facts["trailing_nonzero_bytes"]):
+            later = [n for c, n in kinds["open"] if c > counter]
+            problems.append(_problem(
+                ERROR, name, "open segment has format %s, expected %d" % (facts["format"], fmt.DISK_FORMAT),
+                "refuse to start (unexpected format version %s)" % facts["format"],  # refined by _explain_prediction
+                "every entry in %s" % ", ".join([name] + later),
+                "quarantine it and every later open segment (%s), as raft's auto-recovery would: the entries "
+                "in them are lost here" % (", ".join(later) or "none"),
+                index_range=[next_index, None], action={"quarantine": [name] + later}))
         elif error:
             truncated_at = facts
             short_read = error["message"].startswith("short read") or error["message"].startswith("file has only")
@@ -341,20 +403,52 @@ def _inspect_log(path, kinds, newest, usable, full, problems, raft_version):
                     % (error["batch"], error["offset"], error["message"], after),
                     "truncate the segment at byte %d and start" % error["offset"],
                     "whatever follows byte %d in %s (not readable as batches)" % (error["offset"], name),
-                    "review: keep the original aside and let dqlite truncate, or rebuild this member",
+                    "review, then either cut it at byte %d (the cut option keeps the original aside; dqlite "
+                    "would truncate there itself at start) or rebuild this member from the winner" % error["offset"],
                     index_range=[next_index, next_index], action={"truncate": {"file": name, "length": error["offset"]}}))
             else:
                 problems.append(_problem(
                     WARNING, name, "torn last batch %d at byte %d (%s)" % (error["batch"], error["offset"], error["message"]),
                     "truncate the segment at byte %d and start" % error["offset"],
                     "only the torn batch, never acknowledged", "none needed", index_range=[next_index, next_index]))
-    last_index = next_index - 1
-    if newest and last_index < snapshot_index and segments:
-        problems.append(_problem(
-            ERROR, segments[-1]["file"], "last entry on disk %d is behind last snapshot %d" % (last_index, snapshot_index),
-            "refuse to start", "nothing beyond the snapshot", "rebuild this member from the winner",
-            index_range=[last_index, snapshot_index]))
     return segments
+
+
+def _explain_prediction(pred, log, problems):
+    """Make each problem say what the replay of raft's start-up found, and make sure a start
+    that fails or loses entries is never reported as healthy."""
+    renamed = set(pred["renamed_to_corrupt"])
+    if pred["starts"]:
+        outcome = "start with last index %d" % pred["last_index"]
+    else:
+        outcome = "still refuse to start (%s)" % pred["reason"]
+    for problem in problems:
+        if problem["file"] in renamed and problem["severity"] == ERROR:
+            problem["dqlite_would"] = ("rename %s to corrupt-<ns>-<name> (auto-recovery), then %s"
+                                       % (", ".join(pred["renamed_to_corrupt"]), outcome))
+    if pred["starts"] and pred["attempts"] > 1 and not pred["renamed_to_corrupt"]:
+        problems.append(_problem(WARNING, None, "dqlite's first load fails (%s); its retry succeeds" % pred["first_failure"],
+                                 "fail the first load, %s, retry and %s" % (_changes(pred), outcome),
+                                 "nothing beyond what the newest snapshot holds", "none needed"))
+    if not pred["starts"] and not any(p["severity"] == ERROR for p in problems):
+        problems.append(_problem(ERROR, None, "dqlite would not start: %s" % pred["reason"],
+                                 "refuse to start: %s" % pred["reason"], "the whole member until repaired",
+                                 "rebuild this member from the winner"))
+    elif not pred["starts"] and "behind last snapshot" in (pred["reason"] or ""):
+        problems.append(_problem(ERROR, None, pred["reason"], "refuse to start", "nothing beyond the snapshot",
+                                 "rebuild this member from the winner"))
+    if pred["starts"] and pred["last_index"] < log["last_index"] and not any(
+            p["severity"] == ERROR for p in problems):
+        problems.append(_problem(ERROR, None, "dqlite would start with last index %d, below the %d on disk"
+                                 % (pred["last_index"], log["last_index"]), outcome,
+                                 "entries %d-%d" % (pred["last_index"] + 1, log["last_index"]),
+                                 "rebuild this member from the winner"))
+
+
+def _changes(pred):
+    done = ["close %s as %s" % item for item in sorted(pred["closed_as"].items())]
+    done += ["remove %s" % name for name in pred["removed"]]
+    return "; ".join(done) or "change nothing"
 
 
 def _log_summary(segments, newest, usable):
@@ -398,7 +492,8 @@ def _membership(result, newest, problems):
                                                 % me["id"]})
         elif ids[me["id"]]["address"] != me["address"]:
             membership["disagreements"].append({"file": "info.yaml", "problem": "address %s, membership says %s"
-                                                % (me["address"], ids[me["id"]]["address"])})
+                                                % (me["address"], ids[me["id"]]["address"]),
+                                                "address": me["address"], "expected": ids[me["id"]]["address"]})
     for item in membership["disagreements"]:
         problems.append(_problem(INFO, item["file"], "%s disagrees with the membership in the log: %s"
                                  % (item["file"], item.get("problem") or "cached list differs"),
@@ -453,3 +548,143 @@ def is_running(path):
             if target.startswith(real + "/"):
                 return {"running": True, "evidence": "pid %s has %s open" % (pid, target), "pid": int(pid)}
     return {"running": False, "evidence": "no process has a file of the directory open"}
+
+
+# ---------------------------------------------------------------------------- start-up replay
+IO_ERROR, CORRUPT, HANG, CRASH = "io error", "corrupt", "hang", "crash"
+
+
+def _closed_error(seg):
+    """How raft's closed-segment loader fails on this file: (class, message) or None."""
+    if seg["size"] == 0:
+        return CORRUPT, "file is empty"
+    err = seg["error"]
+    if err:
+        short = err["message"].startswith(("short read", "file has only"))
+        return (IO_ERROR if short else CORRUPT), err["message"]
+    expected = seg["last_index"] - seg["first_index"] + 1
+    if seg["entries"] != expected:
+        return CORRUPT, "found %d entries (expected %d)" % (seg["entries"], expected)
+    return None
+
+
+def predict_start(metadata, snapshots, segments, auto_recovery=True, app_refusal=None):
+    """Replay what raft does to this directory at start (uvMetadataLoad, UvList and
+    uvLoadSnapshotAndEntries of raft 0.14 to 0.18, the same code): which files it removes,
+    truncates, closes or renames to corrupt-*, whether it starts, and the last index it keeps.
+
+    Raft retries the load once after a corruption error (auto-recovery): the first pass has
+    already closed the open segments it read and renamed the corrupt ones aside, so the second
+    pass sees a changed directory. A short read (I/O error) is never retried: seen here,
+    dqlite-demo then dies without a useful message.
+    """
+    pred = {"starts": False, "outcome": "refuses", "reason": None, "first_failure": None, "last_index": None,
+            "attempts": 0, "removed": [], "renamed_to_corrupt": [], "truncated": {}, "closed_as": {}}
+    if app_refusal:
+        pred["reason"] = app_refusal
+        return pred
+    # Metadata errors end dqlite-demo with exit status 2 and no "Error:" line (measured).
+    for name, info in sorted(metadata["files"].items()):
+        if "error" in info:
+            if info["size"] < fmt.METADATA_SIZE:
+                pred["removed"].append(name)
+            else:
+                pred.update(outcome="crashes", reason="%s: %s" % (name, info["error"]))
+                return pred
+    versions = [info["version"] for info in metadata["files"].values() if "error" not in info]
+    if len(versions) == 2 and versions[0] == versions[1]:
+        pred.update(outcome="crashes", reason="metadata1 and metadata2 are both at version %d" % versions[0])
+        return pred
+    pred["removed"] += [s["file"] or s["meta_file"] for s in snapshots if s["status"] == "orphan"]
+    loadable = [s for s in snapshots if s["status"] in ("ok", "corrupt")]
+    newest = loadable[-1] if loadable else None
+    files = [dict(s) for s in segments]  # the directory as raft changes it
+    for depth in (0, 1):
+        pred["attempts"] = depth + 1
+        outcome, message = _load_once(newest, files, pred, auto_recovery)
+        if outcome is None:
+            pred.update(starts=True, outcome="starts", reason=None, last_index=message)
+            return pred
+        pred["reason"] = message
+        pred["outcome"] = {HANG: "hangs", CRASH: "crashes"}.get(outcome, "refuses")
+        pred["first_failure"] = pred["first_failure"] or message
+        if outcome != CORRUPT or not auto_recovery:
+            break
+    return pred
+
+
+def _load_once(newest, files, pred, auto_recovery):
+    if newest is not None and newest["status"] == "corrupt":
+        if newest.get("meta_error"):
+            return CORRUPT, "read %s: %s" % (newest["meta_file"], newest["meta_error"])
+        error = (newest["data"] or {}).get("error") or ""
+        if "truncated" in error:
+            # raft's Decompress() loops for ever when LZ4F_decompress() wants more input than
+            # the file has (measured: dqlite-demo and .reconfigure spin at 100% CPU)
+            return HANG, "decompress %s: %s" % (newest["file"], error)
+        return IO_ERROR, "decompress %s: %s" % (newest["file"], error)
+    live = [f for f in files if not f.get("gone")]
+    closed = sorted((f for f in live if f["kind"] == "closed"), key=lambda f: f["first_index"])
+    opened = sorted((f for f in live if f["kind"] == "open"), key=lambda f: f["counter"])
+    start = 1
+    if newest is not None:
+        snap = newest["index"]
+        if closed and closed[-1]["last_index"] < snap and not opened:
+            closed = []  # every closed segment is behind the snapshot: none is loaded
+        elif closed:
+            first = len(closed) - 1
+            while first > 0 and closed[first - 1]["last_index"] + 1 == closed[first]["first_index"]:
+                first -= 1
+            closed = closed[first:]
+            if closed[0]["first_index"] > snap + 1:
+                return CORRUPT, "closed segment %s is past last snapshot %s" % (closed[0]["file"], newest["file"])
+        start = closed[0]["first_index"] if closed else snap + 1
+    chain = closed + opened
+    next_index = start
+    for pos, seg in enumerate(chain):
+        if seg["kind"] == "closed":
+            if seg["first_index"] != next_index:
+                return CORRUPT, "unexpected closed segment %s: first index should have been %d" % (
+                    seg["file"], next_index)
+            error = _closed_error(seg)
+            if error:
+                if error[0] == CORRUPT and auto_recovery and (pos + 1 == len(chain) or chain[pos + 1]["kind"] == "open"):
+                    _rename_corrupt(chain[pos:], pred)
+                return error[0], "load closed segment %s: %s" % (seg["file"], error[1])
+            next_index = seg["last_index"] + 1
+            continue
+        name = seg["file"]
+        if seg["size"] == 0 or (seg["format"] == 0 and not seg["trailing_nonzero_bytes"]):
+            seg["gone"] = True
+            pred["removed"].append(name)
+            continue
+        if seg["size"] < 8 or (seg["error"] and seg["error"]["message"].startswith("short read")):
+            # measured: dqlite-demo dies of SIGSEGV here, without a message
+            return CRASH, "load open segment %s: %s" % (name, (seg["error"] or {}).get("message", "short"))
+        if seg["format"] != fmt.DISK_FORMAT:
+            if auto_recovery:
+                _rename_corrupt(chain[pos:], pred)
+            return CORRUPT, "load open segment %s: unexpected format version %d" % (name, seg["format"])
+        if not seg["entries"]:
+            seg["gone"] = True
+            pred["removed"].append(name)
+            continue
+        if seg["error"]:
+            pred["truncated"][name] = seg["error"]["offset"]
+        first, last = next_index, next_index + seg["entries"] - 1
+        closed_name = "%016d-%016d" % (first, last)
+        pred["closed_as"][name] = closed_name
+        seg.update(kind="closed", file=closed_name, first_index=first, last_index=last, error=None,
+                   size=seg["end_offset"])
+        next_index = last + 1
+    last_index = next_index - 1
+    if newest is not None and last_index < newest["index"]:
+        return CORRUPT, "last entry on disk has index %d, which is behind last snapshot's index %d" % (
+            last_index, newest["index"])
+    return None, last_index
+
+
+def _rename_corrupt(segments, pred):
+    for seg in segments:
+        seg["gone"] = True
+        pred["renamed_to_corrupt"].append(seg["file"])

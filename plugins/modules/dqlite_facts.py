@@ -52,13 +52,15 @@ options:
     type: str
     choices: [quick, full]
     default: full
-  raft_version:
+  auto_recovery:
     description:
-      - Which raft loader to predict. Debian's libraft 0.15 refuses to start on a corrupt closed
-        segment; newer raft renames the last one to C(corrupt-*) and retries.
-    type: str
-    choices: ['0.15', '0.17+']
-    default: '0.15'
+      - Whether the node's raft retries a corrupt load once after renaming the corrupt LAST
+        closed segment, or a corrupt open segment and every open segment after it, to
+        C(corrupt-<ns>-<name>). On by default in raft 0.14 and later (Debian's libraft 0.15
+        included, measured) and in dqlite's in-tree raft; V(false) predicts raft older than 0.14
+        or a node started with C(dqlite_node_set_auto_recovery(false)), which refuses instead.
+    type: bool
+    default: true
   quarantine:
     description:
       - File names in O(path) to move into the quarantine folder, for example the newest
@@ -134,9 +136,39 @@ member:
       type: list
       elements: dict
     problems:
-      description: Each problem with severity, file, index_range, message, dqlite_would, data_lost, remedy and action.
+      description:
+        - Each problem with severity (V(error), V(warning), V(info)), file, index_range, message,
+          dqlite_would, data_lost, remedy and action.
+        - The action is what one reviewed step would do; C(quarantine) lists files to pass to
+          O(quarantine), C(truncate) names a file and length to pass to O(cut), C(write) names a yaml
+          file the recovery writes from its plan; null when only a rebuild from another member helps.
       type: list
       elements: dict
+      sample:
+        - severity: error
+          file: "0000000000003966-0000000000004018"
+          index_range: [3966, 4018]
+          message: "closed segment: header checksum mismatch in batch 1 at byte 8"
+          dqlite_would: "rename 0000000000003966-0000000000004018 to corrupt-<ns>-<name> (auto-recovery), then start with last index 3965"
+          data_lost: "entries 3966-4018 of this segment"
+          remedy: "quarantine it if no other member is behind index 3966"
+          action:
+            quarantine: ["0000000000003966-0000000000004018"]
+    prediction:
+      description:
+        - A replay of what dqlite does to this directory at start, checked against real dqlite
+          (docs/dqlite_facts.md has the measured table).
+        - Its outcome is V(starts), V(refuses) (exits with raft's or go-dqlite's message),
+          V(crashes) (dies without a useful message) or V(hangs) (spins for ever, as raft does on
+          a truncated LZ4 snapshot).
+        - When it starts, C(last_index) is the last index it keeps; C(removed),
+          C(renamed_to_corrupt), C(truncated) (file to byte offset) and C(closed_as) (open segment
+          to the closed name it gets) are the changes start-up makes to the directory;
+          C(attempts) is 2 when raft's auto-recovery retried the load.
+      type: dict
+      sample: {"starts": true, "outcome": "starts", "reason": null, "first_failure": null, "last_index": 4775,
+               "attempts": 1, "removed": ["open-3"], "renamed_to_corrupt": [], "truncated": {},
+               "closed_as": {"open-2": "0000000000004437-0000000000004775"}}
     running:
       description: Whether a process holds the directory's files open, and the evidence.
       type: dict
@@ -252,7 +284,7 @@ def main():
         argument_spec=dict(
             path=dict(type="path", required=True),
             depth=dict(type="str", choices=["quick", "full"], default="full"),
-            raft_version=dict(type="str", choices=["0.15", "0.17+"], default="0.15"),
+            auto_recovery=dict(type="bool", default=True),
             quarantine=dict(type="list", elements="str", default=[]),
             cut=dict(type="list", elements="str", default=[]),
             quarantine_dir=dict(type="path"),
@@ -263,7 +295,7 @@ def main():
     if not os.path.isdir(path):
         module.fail_json(msg="path %s is not a directory" % path)
     try:
-        facts = dqlite_datadir.inspect_datadir(path, module.params["depth"], module.params["raft_version"])
+        facts = dqlite_datadir.inspect_datadir(path, module.params["depth"], module.params["auto_recovery"])
     except OSError as exc:
         module.fail_json(msg="cannot read %s: %s" % (path, exc))
     if not (module.params["quarantine"] or module.params["cut"]):
@@ -271,7 +303,7 @@ def main():
     proposed_cut = _validate_requests(module, facts)
     qdir, manifest = _apply(module, facts, proposed_cut)
     if not module.check_mode:
-        facts = dqlite_datadir.inspect_datadir(path, module.params["depth"], module.params["raft_version"])
+        facts = dqlite_datadir.inspect_datadir(path, module.params["depth"], module.params["auto_recovery"])
     module.exit_json(changed=True, member=facts, quarantined=manifest, quarantine_dir=qdir)
 
 
