@@ -11,18 +11,20 @@ from pathlib import Path
 from conftest import REPO
 
 from lab import Lab
-from lab.core import BRIDGE
+from lab.core import BRIDGE, NAME, Host
 
 
 def _lab_traces(lab: Lab) -> list[str]:
     traces = []
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
-    traces += ["netns " + line for line in netns.splitlines() if line.startswith("qrlab-")]
+    # only THIS lab's names: other labs (QRLAB_NAME) may share the machine
+    traces += ["netns " + line for line in netns.splitlines() if line.startswith(NAME + "-")]
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=False).stdout
-    traces += ["link " + name for name in [BRIDGE] + ["qrv%d" % i for i in range(1, 8)]
+    veths = [Host("h%d" % i, i, "", lab.state).veth for i in range(1, 8)]
+    traces += ["link " + name for name in [BRIDGE] + veths
                if (" %s:" % name) in links or (" %s@" % name) in links]
     with open("/proc/self/mountinfo") as f:
-        traces += ["mount " + line.split()[4] for line in f if "qrlab" in line.split()[4]]
+        traces += ["mount " + line.split()[4] for line in f if str(lab.state) in line.split()[4]]
     if lab.state.exists():
         traces.append("state dir %s" % lab.state)
     return traces
