@@ -122,7 +122,7 @@ def _inspect_snapshots(snap_dir, names, problems):
         fallback = ("snapshot %s (index %d)" % (loaded["file"], loaded["index"]) if loaded
                     else "no snapshot: the WAL from its very first entry")
         problems.append(_problem(
-            WARNING if loaded is None or entry["index"] < loaded["index"] else ERROR, entry["file"],
+            ERROR, entry["file"],
             "snapshot does not load: %s" % entry["error"],
             "rename it to %s.broken and load %s instead" % (entry["file"], fallback),
             "nothing if the WAL still holds every entry after %s; the WAL check below says"

@@ -168,8 +168,14 @@ def proto_fields(buf):
 
 
 def _one(fields, number, default=0):
+    """The last value of a field (protobuf: the last one wins), of the default's kind."""
     values = fields.get(number)
-    return values[-1] if values else default
+    if not values:
+        return default
+    value = values[-1]
+    if isinstance(value, int) != isinstance(default, int):
+        raise FormatError("protobuf: field %d has the wrong wire type" % number)
+    return value
 
 
 def _uint64s(fields, number):
@@ -178,7 +184,7 @@ def _uint64s(fields, number):
     for value in fields.get(number, []):
         if isinstance(value, int):
             out.append(value)
-        else:
+        else:  # packed
             pos = 0
             while pos < len(value):
                 item, pos = _varint(value, pos, len(value))
@@ -214,9 +220,8 @@ def parse_conf_state(data):
 def parse_wal_snapshot(data):
     """walpb.Snapshot {index = 1, term = 2, conf_state = 3 (3.5+)}."""
     fields = proto_fields(data)
-    conf = fields.get(3)
     return {"index": _one(fields, 1), "term": _one(fields, 2),
-            "conf_state": parse_conf_state(conf[-1]) if conf else None}
+            "conf_state": parse_conf_state(_one(fields, 3, b"")) if 3 in fields else None}
 
 
 def parse_metadata(data):
@@ -231,6 +236,8 @@ def parse_conf_change(data, entry_type=ENTRY_CONF_CHANGE):
     if entry_type == ENTRY_CONF_CHANGE_V2:
         changes = []
         for single in fields.get(2, []):
+            if isinstance(single, int):
+                raise FormatError("protobuf: ConfChangeV2 change has the wrong wire type")
             one = proto_fields(single)
             changes.append({"type": CONF_CHANGE_TYPES.get(_one(one, 1), str(_one(one, 1))),
                             "member_id": "%x" % _one(one, 2)})
@@ -256,18 +263,25 @@ def parse_snap(data):
         raise FormatError("empty snapshot file", 0)
     try:
         fields = proto_fields(data)
+        crc, payload = _one(fields, 1), _one(fields, 2, b"")
     except FormatError as exc:
         raise FormatError("not a snappb.Snapshot: %s" % exc, exc.offset)
-    crc, payload = _one(fields, 1), _one(fields, 2, b"")
     if not payload or crc == 0:
         raise FormatError("empty snapshot (no data or crc 0)", 0)
     actual = crc32c(payload)
     if actual != crc:
         raise FormatError("crc mismatch: stored %08x, data has %08x" % (crc, actual), 0)
+    try:
+        return _parse_raft_snapshot(payload)
+    except FormatError as exc:
+        raise FormatError("not a raftpb.Snapshot: %s" % exc, exc.offset)
+
+
+def _parse_raft_snapshot(payload):
     snap = proto_fields(payload)
     meta = proto_fields(_one(snap, 2, b""))
-    conf = meta.get(1)
-    return {"index": _one(meta, 2), "term": _one(meta, 3), "conf_state": parse_conf_state(conf[-1]) if conf else None,
+    return {"index": _one(meta, 2), "term": _one(meta, 3),
+            "conf_state": parse_conf_state(_one(meta, 1, b"")) if 1 in meta else None,
             "data_size": len(_one(snap, 1, b"")), "data": _one(snap, 1, b"")}
 
 
