@@ -425,7 +425,8 @@ class WalScan:
                 self._fail(name, pos, "crc", "crc record says %08x, the previous file ended at %08x"
                            % (rcrc, self.crc), None, False)
                 return
-            self.crc, self.crc_known = rcrc, True
+            # the chain is known from here on only if this file's records are hashed
+            self.crc, self.crc_known = rcrc, facts["crc_checked"]
         elif rtype == RECORD_SNAPSHOT:
             snap = parse_wal_snapshot(rdata)
             self.snapshots.append(snap)

@@ -65,6 +65,9 @@ def test_healthy_directory_reports_ids_log_hard_state_db_and_membership(tmp_path
     assert full["key_count"] == 23 and full["db"]["snapshot_status"]["total_size"] == 7 * 4096
     assert [f["crc_checked"] for f in full["wal"]["files"]] == [True, True]
     assert [f["crc_checked"] for f in _inspect(path, "quick")[0]["wal"]["files"]] == [False, True]
+    wal = eb.simple_wal(entries=12, files=4)
+    facts, errors = _inspect(_dir(tmp_path / "four", wal), "quick")  # crc records of unhashed files
+    assert not errors and facts["log"]["last_index"] == 12
 
 
 def test_a_later_entry_with_a_lower_index_truncates_the_tail(tmp_path):
