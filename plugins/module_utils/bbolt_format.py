@@ -147,8 +147,7 @@ class Bolt:
             raise BoltError("%s: tree deeper than %d levels (a cycle?)" % (where, MAX_DEPTH), None, root)
         offset, flags, count, span = self._page(root, BRANCH | LEAF, where)
         if flags & LEAF:
-            for item in self._leaf_items(offset, count, span, root):
-                yield item
+            yield from self._leaf_items(offset, count, span, root)
             return
         children = []
         for i in range(count):
@@ -158,8 +157,7 @@ class Bolt:
             _pos, _ksize, child = _BRANCH_ELEMENT.unpack_from(self.data, element)
             children.append(child)
         for i, child in enumerate(children):
-            for item in self.iterate(child, "branch page %d element %d" % (root, i), depth + 1):
-                yield item
+            yield from self.iterate(child, "branch page %d element %d" % (root, i), depth + 1)
 
     def bucket(self, value, where):
         """Items of the bucket whose {root, sequence} header is `value`."""
@@ -252,8 +250,10 @@ def read_etcd_db(data, full=True):
                 feed(name.encode())
             if name == "key" and not full:
                 root = struct.unpack_from("<Q", value, 0)[0] if len(value) >= 16 else 0
-                last = bolt.last_item(root, "bucket key") if root else (list(bolt.bucket(value, "bucket key")) or
-                                                                         [None])[-1]
+                if root:
+                    last = bolt.last_item(root, "bucket key")
+                else:
+                    last = ([None] + list(bolt.bucket(value, "bucket key")))[-1]
                 result["buckets"][name] = None
                 if last is not None:
                     result["revision"] = _u64_be(bytes(last[1])[:8])

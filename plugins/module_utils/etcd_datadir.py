@@ -227,7 +227,7 @@ def _inspect_db(snap_dir, names, loaded, full, problems):
         other = db["metas"][db["meta_used"]]
         problems.append(_problem(
             ERROR, name, "meta page %d is invalid: %s" % (bad[0]["offset"] // db["page_size"], bad[0]["error"]),
-            "open the db through meta page %d (txid %d); the next commit rewrites the bad page"
+            "open the db through meta page %s (txid %s); the next commit rewrites the bad page"
             % (db["meta_used"], other["txid"]),
             "at most the last write transaction (re-applied from the WAL, which holds it)",
             "none needed if the WAL check passes", offset=bad[0]["offset"], repairable=True))
@@ -242,15 +242,15 @@ def _inspect_db(snap_dir, names, loaded, full, problems):
     if loaded and db["consistent_index"] is not None and loaded["index"] > db["consistent_index"]:
         snap_db = "%016x.snap.db" % loaded["index"]
         if snap_db in names:
-            problems.append(_problem(INFO, snap_db, "db is at consistent_index %d, behind the snapshot at index %d"
+            problems.append(_problem(INFO, snap_db, "db is at consistent_index %s, behind the snapshot at index %s"
                                      % (db["consistent_index"], loaded["index"]),
                                      "replace member/snap/db with %s" % snap_db, "nothing", "none needed"))
         else:
             problems.append(_problem(
-                ERROR, "member/snap/" + snap_db, "db is at consistent_index %d, behind the snapshot at index %d, and "
+                ERROR, "member/snap/" + snap_db, "db is at consistent_index %s, behind the snapshot at index %s, and "
                 "%s (the db received with that snapshot) is missing" % (db["consistent_index"], loaded["index"], snap_db),
                 "refuse to start (failed to find database snapshot file)",
-                "the keyspace changes between index %d and %d" % (db["consistent_index"], loaded["index"]), REBUILD))
+                "the keyspace changes between index %s and %s" % (db["consistent_index"], loaded["index"]), REBUILD))
     return db
 
 

@@ -211,6 +211,7 @@ def parse_hard_state(data):
 
 def parse_conf_state(data):
     fields = proto_fields(data)
+
     def ids(number):
         return ["%x" % value for value in _uint64s(fields, number)]
     return {"voters": ids(1), "learners": ids(2), "voters_outgoing": ids(3), "learners_next": ids(4),
