@@ -1,0 +1,453 @@
+# -*- coding: utf-8 -*-
+# Copyright: quorum.recovery contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""etcd's WAL and .snap formats (3.4, 3.5, 3.6), read the way etcd's own readers read them.
+
+PRIVATE to this collection: may change without notice. Standard library only: this runs on
+the members. Nothing here writes, renames or locks a file.
+
+Layout facts (etcd server/storage/wal: encoder.go, decoder.go, wal.go, repair.go; snap/snapshotter.go;
+walpb, snappb, raftpb and etcdserverpb protobufs):
+- a WAL file is a sequence of frames: u64 little-endian length word (low 56 bits = record length;
+  if the top bit is set, (word >> 56) & 7 bytes of padding follow the record), a length of 0 or
+  the end of the file ends the file's data;
+- a record is protobuf {int64 type = 1; uint32 crc = 2; bytes data = 3}; crc is the running
+  CRC-32C (Castagnoli) over the data of every record so far, except type 4 (crc) records, which
+  carry the running value at the start of their file and reset it;
+- a .snap file is protobuf {uint32 crc = 1; bytes data = 2}, crc = CRC-32C of data alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+
+RECORD_METADATA, RECORD_ENTRY, RECORD_STATE, RECORD_CRC, RECORD_SNAPSHOT = 1, 2, 3, 4, 5
+RECORD_TYPES = {RECORD_METADATA: "metadata", RECORD_ENTRY: "entry", RECORD_STATE: "state", RECORD_CRC: "crc",
+                RECORD_SNAPSHOT: "snapshot"}
+ENTRY_NORMAL, ENTRY_CONF_CHANGE, ENTRY_CONF_CHANGE_V2 = 0, 1, 2
+CONF_CHANGE_TYPES = {0: "add", 1: "remove", 2: "update", 3: "add_learner"}
+SECTOR = 512  # etcd's minSectorSize: the unit in which it recognises a torn write
+WAL_SEGMENT_SIZE = 64 * 1000 * 1000
+
+WAL_NAME_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
+SNAP_NAME_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.snap$")
+SNAP_DB_NAME_RE = re.compile(r"^([0-9a-f]{16})\.snap\.db$")
+
+
+class FormatError(ValueError):
+    """Bytes that etcd would not accept; the message says what and where."""
+
+    def __init__(self, message, offset=None):
+        super().__init__(message)
+        self.offset = offset
+
+
+# ---------------------------------------------------------------------------- CRC-32C
+_POLY = 0x82F63B78  # Castagnoli, reflected
+_T = []
+_WIDE = None
+
+
+def _byte_table():
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _bit in range(8):
+            crc = (crc >> 1) ^ _POLY if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_T.append(_byte_table())
+
+
+def _wide_tables():
+    """Four 65,536-entry tables: the CRC contribution of two bytes followed by 6, 4, 2 and 0
+    zero bytes, so the loop below folds 8 bytes with 4 look-ups (about 2x the byte loop)."""
+    global _WIDE  # pylint: disable=global-statement
+    if _WIDE is None:
+        while len(_T) < 8:
+            base, prev = _T[0], _T[-1]
+            _T.append([base[v & 0xFF] ^ (v >> 8) for v in prev])
+
+        def two_bytes(k):
+            low, high = _T[k + 1], _T[k]
+            return [low[v & 0xFF] ^ high[v >> 8] for v in range(65536)]
+        _WIDE = (two_bytes(6), two_bytes(4), two_bytes(2), two_bytes(0))
+    return _WIDE
+
+
+def crc32c_python(data, crc=0):
+    """CRC-32C continued from crc, as Go's crc32.Update with the Castagnoli table."""
+    crc ^= 0xFFFFFFFF
+    view = memoryview(data)
+    table = _T[0]
+    whole = len(view) & ~7
+    if whole >= 64:
+        t6, t4, t2, t0 = _wide_tables()
+        halves = iter(view[:whole].cast("B").cast("H"))
+        for a, b, c, d in zip(halves, halves, halves, halves):
+            crc = t6[a ^ (crc & 0xFFFF)] ^ t4[b ^ (crc >> 16)] ^ t2[c] ^ t0[d]
+        view = view[whole:]
+    for byte in view:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _c_implementation():
+    """A C CRC-32C when the target has one (pip `crc32c` or `google-crc32c`), else None."""
+    try:
+        import crc32c as _mod  # pylint: disable=import-outside-toplevel
+        if _mod.crc32c(b"123456789") == 0xE3069283:
+            return "crc32c", lambda data, crc=0: _mod.crc32c(data, crc)
+    except Exception:  # pylint: disable=broad-except  # any failure: use the pure-Python path
+        pass
+    try:
+        import google_crc32c as _gmod  # pylint: disable=import-outside-toplevel
+        if _gmod.extend(0, b"123456789") == 0xE3069283:
+            return "google_crc32c", lambda data, crc=0: _gmod.extend(crc, bytes(data))
+    except Exception:  # pylint: disable=broad-except
+        pass
+    return None
+
+
+_C = _c_implementation()
+CRC32C_IMPLEMENTATION = _C[0] if _C else "python"
+crc32c = _C[1] if _C else crc32c_python
+
+
+# ---------------------------------------------------------------------------- protobuf
+def _varint(buf, pos, end):
+    result, shift = 0, 0
+    while True:
+        if pos >= end:
+            raise FormatError("protobuf: varint runs past the end", pos)
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise FormatError("protobuf: varint longer than 10 bytes", pos)
+
+
+def proto_fields(buf):
+    """{field number: [values]}: ints for varint/fixed fields, memoryviews for length-delimited."""
+    buf = memoryview(buf)
+    pos, end, fields = 0, len(buf), {}
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise FormatError("protobuf: field number 0", pos)
+        if wire == 0:
+            value, pos = _varint(buf, pos, end)
+        elif wire == 1:
+            if pos + 8 > end:
+                raise FormatError("protobuf: fixed64 runs past the end", pos)
+            value = struct.unpack_from("<Q", buf, pos)[0]
+            pos += 8
+        elif wire == 2:
+            size, pos = _varint(buf, pos, end)
+            if pos + size > end:
+                raise FormatError("protobuf: field %d length %d runs past the end" % (number, size), pos)
+            value = buf[pos:pos + size]
+            pos += size
+        elif wire == 5:
+            if pos + 4 > end:
+                raise FormatError("protobuf: fixed32 runs past the end", pos)
+            value = struct.unpack_from("<I", buf, pos)[0]
+            pos += 4
+        else:
+            raise FormatError("protobuf: wire type %d" % wire, pos)
+        fields.setdefault(number, []).append(value)
+    return fields
+
+
+def _one(fields, number, default=0):
+    """The last value of a field (protobuf: the last one wins), of the default's kind."""
+    values = fields.get(number)
+    if not values:
+        return default
+    value = values[-1]
+    if isinstance(value, int) != isinstance(default, int):
+        raise FormatError("protobuf: field %d has the wrong wire type" % number)
+    return value
+
+
+def _uint64s(fields, number):
+    """A repeated uint64, packed (proto3) or not (proto2, what raftpb uses)."""
+    out = []
+    for value in fields.get(number, []):
+        if isinstance(value, int):
+            out.append(value)
+        else:  # packed
+            pos = 0
+            while pos < len(value):
+                item, pos = _varint(value, pos, len(value))
+                out.append(item)
+    return out
+
+
+def parse_record(data):
+    """walpb.Record -> (type, crc, data)."""
+    fields = proto_fields(data)
+    return _one(fields, 1), _one(fields, 2), _one(fields, 3, b"")
+
+
+def parse_entry(data):
+    """raftpb.Entry -> (term, index, type, data)."""
+    fields = proto_fields(data)
+    return _one(fields, 2), _one(fields, 3), _one(fields, 1), _one(fields, 4, b"")
+
+
+def parse_hard_state(data):
+    fields = proto_fields(data)
+    return {"term": _one(fields, 1), "vote": _one(fields, 2), "commit": _one(fields, 3)}
+
+
+def parse_conf_state(data):
+    fields = proto_fields(data)
+
+    def ids(number):
+        return ["%x" % value for value in _uint64s(fields, number)]
+    return {"voters": ids(1), "learners": ids(2), "voters_outgoing": ids(3), "learners_next": ids(4),
+            "auto_leave": bool(_one(fields, 5))}
+
+
+def parse_wal_snapshot(data):
+    """walpb.Snapshot {index = 1, term = 2, conf_state = 3 (3.5+)}."""
+    fields = proto_fields(data)
+    return {"index": _one(fields, 1), "term": _one(fields, 2),
+            "conf_state": parse_conf_state(_one(fields, 3, b"")) if 3 in fields else None}
+
+
+def parse_metadata(data):
+    """etcdserverpb.Metadata {NodeID = 1, ClusterID = 2}, as etcd prints IDs: lowercase hex."""
+    fields = proto_fields(data)
+    return {"member_id": "%x" % _one(fields, 1), "cluster_id": "%x" % _one(fields, 2)}
+
+
+def parse_conf_change(data, entry_type=ENTRY_CONF_CHANGE):
+    """raftpb.ConfChange {ID = 1, Type = 2, NodeID = 3, Context = 4}; V2 changes are listed raw."""
+    fields = proto_fields(data)
+    if entry_type == ENTRY_CONF_CHANGE_V2:
+        changes = []
+        for single in fields.get(2, []):
+            if isinstance(single, int):
+                raise FormatError("protobuf: ConfChangeV2 change has the wrong wire type")
+            one = proto_fields(single)
+            changes.append({"type": CONF_CHANGE_TYPES.get(_one(one, 1), str(_one(one, 1))),
+                            "member_id": "%x" % _one(one, 2)})
+        return {"v2": True, "changes": changes}
+    change = {"type": CONF_CHANGE_TYPES.get(_one(fields, 2), str(_one(fields, 2))),
+              "member_id": "%x" % _one(fields, 3)}
+    context = _one(fields, 4, b"")
+    if context:
+        try:
+            member = json.loads(bytes(context).decode("utf-8"))
+            change["name"] = member.get("name", "")
+            change["peer_urls"] = member.get("peerURLs") or []
+            change["is_learner"] = bool(member.get("isLearner"))
+        except (ValueError, AttributeError):
+            pass
+    return change
+
+
+def parse_snap(data):
+    """A .snap file -> {term, index, conf_state, data_size, data}; FormatError as etcd's
+    snapshotter would refuse it (it then renames the file *.broken)."""
+    if not data:
+        raise FormatError("empty snapshot file", 0)
+    try:
+        fields = proto_fields(data)
+        crc, payload = _one(fields, 1), _one(fields, 2, b"")
+    except FormatError as exc:
+        raise FormatError("not a snappb.Snapshot: %s" % exc, exc.offset)
+    if not payload or crc == 0:
+        raise FormatError("empty snapshot (no data or crc 0)", 0)
+    actual = crc32c(payload)
+    if actual != crc:
+        raise FormatError("crc mismatch: stored %08x, data has %08x" % (crc, actual), 0)
+    try:
+        return _parse_raft_snapshot(payload)
+    except FormatError as exc:
+        raise FormatError("not a raftpb.Snapshot: %s" % exc, exc.offset)
+
+
+def _parse_raft_snapshot(payload):
+    snap = proto_fields(payload)
+    meta = proto_fields(_one(snap, 2, b""))
+    return {"index": _one(meta, 2), "term": _one(meta, 3),
+            "conf_state": parse_conf_state(_one(meta, 1, b"")) if 1 in meta else None,
+            "data_size": len(_one(snap, 1, b"")), "data": _one(snap, 1, b"")}
+
+
+def v2_store_members(data):
+    """Member names and peer URLs from a 3.4 .snap's v2 store JSON (/0/members/<id>); {} if none."""
+    try:
+        root = json.loads(bytes(data).decode("utf-8"))["Root"]
+        listed = root["Children"]["0"]["Children"]["members"]["Children"] or {}
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return {}
+    members = {}
+    for member_id, node in listed.items():
+        entry = members.setdefault(member_id, {})
+        for attr, value in ((node or {}).get("Children") or {}).items():
+            try:
+                value = json.loads((value or {}).get("Value") or "{}")
+            except (ValueError, TypeError):
+                continue
+            if attr == "attributes":
+                entry["name"] = value.get("name", "")
+            elif attr == "raftAttributes":
+                entry["peer_urls"] = value.get("peerURLs") or []
+    return members
+
+
+# ---------------------------------------------------------------------------- WAL
+def _torn(data, start, end):
+    """etcd's isTornEntry: the frame body [start, end) touches a 512-byte sector (by file offset)
+    that holds only zero bytes."""
+    pos = start
+    while pos < end:
+        stop = min(end, (pos // SECTOR + 1) * SECTOR)
+        if not any(data[pos:stop]):
+            return True
+        pos = stop
+    return False
+
+
+class WalScan:
+    """Reads WAL files in order as etcd's decoder + ReadAll do, starting at a snapshot.
+
+    feed(name, data, last) once per file; the scan stops at the first error, which it records
+    the way etcd classifies it: `torn` (etcd's wal.Repair truncates it when it is in the last
+    file) or anything else (etcd refuses to start).
+    """
+
+    def __init__(self, start_index=0, start_term=0, full=True):
+        self.start_index, self.start_term, self.full = start_index, start_term, full
+        self.last_index, self.last_term = start_index, start_term
+        self.crc = 0
+        self.crc_known = True
+        self.hard_state = None
+        self.metadata = None
+        self.metadata_raw = None
+        self.snapshots = []
+        self.conf_changes = []
+        self.snapshot_matched = False
+        self.error = None
+        self.files = []
+        self.counts = dict.fromkeys(RECORD_TYPES.values(), 0)
+
+    def feed(self, name, data, last):
+        facts = {"file": name, "size": len(data), "records": 0, "end_offset": 0, "crc_checked": self.full or last,
+                 "first_entry_index": None, "last_entry_index": None}
+        self.files.append(facts)
+        if self.error:
+            return
+        if not facts["crc_checked"]:
+            self.crc_known = False
+        view = memoryview(data)
+        size, pos = len(data), 0
+        while True:
+            if pos + 8 > size:
+                if pos < size and any(view[pos:]):
+                    self._fail(name, pos, "torn", "a length word cut short at the end of the file", data, last)
+                break
+            word = struct.unpack_from("<Q", view, pos)[0]
+            if word == 0:
+                break
+            length = word & 0x00FFFFFFFFFFFFFF
+            pad = (word >> 56) & 7 if word >> 63 else 0
+            body = pos + 8
+            if body + length + pad > size:
+                self._fail(name, pos, "short", "record of %d bytes runs past the end of the file (%d bytes)"
+                           % (length, size), data, last)
+                break
+            try:
+                rtype, rcrc, rdata = parse_record(view[body:body + length])
+            except FormatError as exc:
+                kind = "torn" if last and _torn(view, body, body + length + pad) else "decode"
+                self._fail(name, pos, kind, "record does not decode: %s" % exc, data, last)
+                break
+            if rtype != RECORD_CRC and facts["crc_checked"]:
+                self.crc = crc32c(rdata, self.crc)
+                if rcrc != self.crc:
+                    kind = "torn" if last and _torn(view, body, body + length + pad) else "crc"
+                    self._fail(name, pos, kind, "crc mismatch: record says %08x, the chain gives %08x"
+                               % (rcrc, self.crc), data, last)
+                    break
+            try:
+                self._apply(name, pos, rtype, rcrc, rdata, facts)
+            except FormatError as exc:
+                self._fail(name, pos, "decode", str(exc), data, last)
+                break
+            if self.error:
+                break
+            pos = body + length + pad
+            facts["records"] += 1
+            facts["end_offset"] = pos
+
+    def _apply(self, name, pos, rtype, rcrc, rdata, facts):
+        self.counts[RECORD_TYPES.get(rtype, "unknown")] = self.counts.get(RECORD_TYPES.get(rtype, "unknown"), 0) + 1
+        if rtype == RECORD_ENTRY:
+            term, index, etype, edata = parse_entry(rdata)
+            if facts["first_entry_index"] is None:
+                facts["first_entry_index"] = index
+            facts["last_entry_index"] = index
+            if index > self.start_index:
+                if index > self.last_index + 1:
+                    self._fail(name, pos, "gap", "entry %d follows entry %d: etcd's ReadAll fails (slice out of "
+                               "range)" % (index, self.last_index), None, False)
+                    return
+                if index <= self.last_index:
+                    self.conf_changes = [c for c in self.conf_changes if c["index"] < index]
+                self.last_index, self.last_term = index, term
+                if etype in (ENTRY_CONF_CHANGE, ENTRY_CONF_CHANGE_V2):
+                    change = parse_conf_change(edata, etype)
+                    change.update(index=index, term=term)
+                    self.conf_changes.append(change)
+        elif rtype == RECORD_STATE:
+            self.hard_state = parse_hard_state(rdata)
+        elif rtype == RECORD_METADATA:
+            if self.metadata_raw is not None and bytes(rdata) != self.metadata_raw:
+                self._fail(name, pos, "metadata", "metadata record differs from the first one (ErrMetadataConflict)",
+                           None, False)
+                return
+            self.metadata_raw = bytes(rdata)
+            self.metadata = parse_metadata(rdata)
+        elif rtype == RECORD_CRC:
+            if self.crc_known and self.crc != 0 and rcrc != self.crc:
+                self._fail(name, pos, "crc", "crc record says %08x, the previous file ended at %08x"
+                           % (rcrc, self.crc), None, False)
+                return
+            # the chain is known from here on only if this file's records are hashed
+            self.crc, self.crc_known = rcrc, facts["crc_checked"]
+        elif rtype == RECORD_SNAPSHOT:
+            snap = parse_wal_snapshot(rdata)
+            self.snapshots.append(snap)
+            if snap["index"] == self.start_index:
+                if snap["term"] != self.start_term:
+                    self._fail(name, pos, "snapshot", "snapshot record %d has term %d, the loaded snapshot term %d "
+                               "(ErrSnapshotMismatch)" % (snap["index"], snap["term"], self.start_term), None, False)
+                    return
+                self.snapshot_matched = True
+        else:
+            self._fail(name, pos, "type", "unknown record type %d" % rtype, None, False)
+
+    def _fail(self, name, offset, kind, message, data, last):
+        # how far written data reaches past the failure: what a truncation there would drop
+        data_after = len(bytes(memoryview(data)[offset:]).rstrip(b"\0")) if data is not None else None
+        self.error = {"file": name, "offset": offset, "kind": kind, "message": message, "in_last_file": bool(last),
+                      "data_bytes_after": data_after}
+
+    def result(self):
+        return {"last_index": self.last_index, "last_term": self.last_term, "hard_state": self.hard_state,
+                "metadata": self.metadata, "snapshots": self.snapshots, "conf_changes": self.conf_changes,
+                "snapshot_matched": self.snapshot_matched, "error": self.error, "files": self.files,
+                "record_counts": self.counts}

@@ -1,0 +1,253 @@
+"""The etcd readers (WAL, .snap, bbolt) and the verdict, against exact bytes built by the
+test-side encoder, including the 3.5/3.6 layouts the lab's etcd 3.4 cannot produce."""
+from __future__ import annotations
+
+import os
+import random
+import struct
+
+import pytest
+
+import etcd_builder as eb
+
+from ansible_collections.quorum.recovery.plugins.module_utils import bbolt_format as bolt
+from ansible_collections.quorum.recovery.plugins.module_utils import etcd_datadir as dd
+from ansible_collections.quorum.recovery.plugins.module_utils import etcd_format as fmt
+
+
+def test_crc32c_check_value_bitwise_reference_and_chaining():
+    assert fmt.crc32c_python(b"123456789") == 0xE3069283 == eb.crc32c_bitwise(b"123456789")
+    rng = random.Random(4)
+    for size in (0, 1, 7, 8, 63, 64, 65, 1000, 4099):
+        data = bytes(rng.randrange(256) for _byte in range(size))
+        init = rng.randrange(1 << 32)
+        assert fmt.crc32c_python(data) == eb.crc32c_bitwise(data)
+        assert fmt.crc32c_python(data, init) == eb.crc32c_bitwise(data, init)
+        assert fmt.crc32c(data, init) == fmt.crc32c_python(data, init)  # the C path, when there is one
+    assert fmt.crc32c_python(b" world", fmt.crc32c_python(b"hello")) == fmt.crc32c_python(b"hello world")
+
+
+def test_crc32c_uses_a_c_module_when_one_is_importable():
+    try:
+        import crc32c  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except ImportError:
+        assert fmt.CRC32C_IMPLEMENTATION in ("python", "google_crc32c")
+    else:
+        assert fmt.CRC32C_IMPLEMENTATION == "crc32c"
+
+
+def _dir(tmp_path, wal=None, snaps=None, db=None):
+    if db is None:
+        db = eb.etcd_db(consistent_index=10)
+    return eb.member_dir(str(tmp_path), wal or eb.simple_wal(), snaps, db)
+
+
+def _inspect(path, depth="full"):
+    facts = dd.inspect_datadir(path, depth)
+    return facts, [p for p in facts["problems"] if p["severity"] == "error"]
+
+
+def test_healthy_directory_reports_ids_log_hard_state_db_and_membership(tmp_path):
+    path = _dir(tmp_path)
+    for depth in ("full", "quick"):
+        facts, errors = _inspect(path, depth)
+        assert not errors and facts["verdict"] == "healthy", errors
+        assert facts["member_id"] == "1" and facts["cluster_id"] == "c1"
+        assert facts["log"]["last_index"] == 10 and facts["log"]["last_term"] == 2
+        assert facts["log"]["hard_state"] == {"term": 2, "vote": 1, "commit": 10}
+        assert facts["revision"] == 20 and facts["db"]["consistent_index"] == 10
+        assert [v["id"] for v in facts["membership"]["voters"]] == ["1"]
+        assert facts["membership"]["voters"][0]["name"] == "m1"
+        assert facts["layout"] == "3.4"
+    assert facts["key_count"] is None  # quick: no full count
+    full, _errors = _inspect(path)
+    # etcdctl snapshot status counts the keys of every bucket: 20 revisions + 1 + 1 + 1
+    assert full["key_count"] == 23 and full["db"]["snapshot_status"]["total_size"] == 7 * 4096
+    assert [f["crc_checked"] for f in full["wal"]["files"]] == [True, True]
+    assert [f["crc_checked"] for f in _inspect(path, "quick")[0]["wal"]["files"]] == [False, True]
+    wal = eb.simple_wal(entries=12, files=4)
+    facts, errors = _inspect(_dir(tmp_path / "four", wal), "quick")  # crc records of unhashed files
+    assert not errors and facts["log"]["last_index"] == 12
+
+
+def test_a_later_entry_with_a_lower_index_truncates_the_tail(tmp_path):
+    wal = eb.simple_wal(entries=6, files=1)
+    wal.add(eb.ENTRY, eb.entry(3, 4))  # new leader overwrote index 4
+    facts, errors = _inspect(_dir(tmp_path, wal))
+    assert not errors and (facts["log"]["last_index"], facts["log"]["last_term"]) == (4, 3)
+
+
+def test_torn_tail_is_repairable_and_names_file_and_offset(tmp_path):
+    wal = eb.simple_wal(entries=6, files=2)
+    wal.add(eb.ENTRY, eb.entry(2, 7, 0, b"v" * 1500))  # spans sectors
+    name, data = wal.files[-1]
+    last_offset = wal.offsets[-1][1]
+    # power loss: the sectors after the first one the record touches never reached the disk
+    wal.files[-1] = (name, bytearray(data[:(last_offset // 512 + 1) * 512]))
+    facts, errors = _inspect(_dir(tmp_path, wal, db=eb.etcd_db(consistent_index=5)))
+    assert facts["verdict"] == "repairable", errors
+    assert errors[0]["file"] == name and errors[0]["offset"] == last_offset and errors[0]["repairable"]
+    assert "truncate it at offset %d" % last_offset in errors[0]["etcd_would"]
+    assert facts["log"]["last_index"] == 6  # entry 7 was the torn record
+    # the same record with one sector of garbage instead of zeros is corruption, not a torn write
+    wal.files[-1] = (name, bytearray(data[:(last_offset // 512 + 1) * 512] + b"\x55" * 2048))
+    facts, errors = _inspect(_dir(tmp_path / "garbage", wal, db=eb.etcd_db(consistent_index=5)))
+    assert facts["verdict"] == "unusable" and errors[0]["offset"] == last_offset
+
+
+def test_crc_break_mid_log_is_unusable_with_the_right_file_and_offset(tmp_path):
+    wal = eb.simple_wal(entries=8, files=2)
+    file_no, offset = wal.offsets[4]
+    name, data = wal.files[file_no]
+    data[offset + 12] ^= 0x01  # a byte inside the record's data
+    facts, errors = _inspect(_dir(tmp_path, wal))
+    assert facts["verdict"] == "unusable"
+    assert errors[0]["file"] == name == wal.files[0][0] and errors[0]["offset"] == offset
+    assert "cannot be repaired" in errors[0]["etcd_would"]
+
+
+def test_crc_break_in_the_last_file_without_a_zero_sector_is_not_torn(tmp_path):
+    wal = eb.simple_wal(entries=8, files=2)
+    file_no, offset = wal.offsets[-3]
+    wal.files[file_no][1][offset + 12] ^= 0x01
+    facts, errors = _inspect(_dir(tmp_path, wal))
+    assert facts["verdict"] == "unusable" and errors[0]["file"] == wal.files[-1][0]
+
+
+def test_missing_wal_in_the_sequence_is_unusable(tmp_path):
+    wal = eb.simple_wal(entries=9, files=3)
+    path = _dir(tmp_path, wal)
+    os.remove(os.path.join(path, "member", "wal", wal.files[1][0]))
+    facts, errors = _inspect(path)
+    assert facts["verdict"] == "unusable" and errors[0]["file"] == wal.files[2][0]
+    assert "sequence" in errors[0]["message"]
+
+
+def _snap_wal():
+    """Entries 1..12; a snapshot at index 8 term 2 (WAL record and .snap)."""
+    wal = eb.simple_wal(entries=8, files=1)
+    wal.add(eb.SNAPSHOT, eb.wal_snapshot(8, 2))
+    for index in range(9, 13):
+        wal.add(eb.ENTRY, eb.entry(2, index, 0, b"x"))
+    return wal
+
+
+def test_corrupt_newest_snap_falls_back_to_the_wal(tmp_path):
+    snap = bytearray(eb.snap_file(2, 8, voters=[1]))
+    snap[-3] ^= 0xFF
+    facts, errors = _inspect(_dir(tmp_path, _snap_wal(), {"0000000000000002-0000000000000008.snap": bytes(snap)}))
+    assert errors and errors[0]["file"] == "0000000000000002-0000000000000008.snap"
+    assert "crc mismatch" in errors[0]["message"] and ".broken" in errors[0]["etcd_would"]
+    assert facts["verdict"] == "repairable" and facts["log"]["last_index"] == 12
+    assert facts["snapshot_loaded"] is None
+
+
+def test_snapshot_newer_than_db_needs_its_snap_db(tmp_path):
+    snaps = {"0000000000000002-0000000000000008.snap": eb.snap_file(2, 8, voters=[1])}
+    facts, errors = _inspect(_dir(tmp_path, _snap_wal(), snaps, eb.etcd_db(consistent_index=5)))
+    assert facts["verdict"] == "unusable" and errors[0]["file"] == "member/snap/0000000000000008.snap.db"
+    assert "failed to find database snapshot file" in errors[0]["etcd_would"]
+    assert facts["snapshot_loaded"]["index"] == 8 and facts["membership"]["voters"][0]["id"] == "1"
+    with open(os.path.join(str(tmp_path), "member", "snap", "0000000000000008.snap.db"), "wb") as handle:
+        handle.write(eb.etcd_db(consistent_index=8))
+    facts, errors = _inspect(str(tmp_path))
+    assert not errors and facts["verdict"] == "healthy"
+
+
+@pytest.mark.parametrize("pages, verdict", [((0,), "repairable"), ((1,), "repairable"), ((0, 1), "unusable")])
+def test_bbolt_meta_checksum_bad_on_one_page_and_on_both(tmp_path, pages, verdict):
+    db = bytearray(eb.etcd_db())
+    for page in pages:
+        db[page * 4096 + 16 + 40] ^= 0x01  # inside the meta struct (freelist pgid): checksum breaks
+    facts, errors = _inspect(_dir(tmp_path, db=bytes(db)))
+    assert facts["verdict"] == verdict and errors[0]["file"] == "member/snap/db"
+    assert "checksum" in errors[0]["message"]
+    if verdict == "repairable":
+        assert facts["db"]["meta_used"] == 1 - pages[0] and facts["revision"] == 20
+
+
+def test_bbolt_page_pointing_outside_the_file_and_a_truncated_db(tmp_path):
+    db = bytearray(eb.etcd_db())
+    struct.pack_into("<Q", db, 3 * 4096 + 16 + 16 + 8, 10_000)  # branch element 1 -> page 10000
+    facts, errors = _inspect(_dir(tmp_path / "a", db=bytes(db)))
+    assert facts["verdict"] == "unusable" and "page 10000" in errors[0]["message"]
+    facts, errors = _inspect(_dir(tmp_path / "b", db=eb.etcd_db()[:5 * 4096]))
+    assert facts["verdict"] == "unusable" and "truncated" in errors[0]["message"]
+
+
+def test_db_from_another_cluster(tmp_path):
+    facts, errors = _inspect(_dir(tmp_path, db=eb.etcd_db(members={0x99: "http://10.9.9.9:2380"})))
+    assert facts["verdict"] == "unusable" and "another cluster" in errors[0]["message"]
+
+
+def test_etcd_35_and_36_meta_keys_and_wal_conf_state(tmp_path):
+    wal = eb.simple_wal(entries=8, files=1)
+    wal.add(eb.SNAPSHOT, eb.wal_snapshot(8, 2, voters=[1]))  # 3.5+ carries the conf state
+    db35 = eb.etcd_db(consistent_index=8, term=2, conf_voters=[1])
+    facts, errors = _inspect(_dir(tmp_path / "35", wal, db=db35))
+    assert not errors and facts["layout"] == "3.5"
+    assert facts["db"]["term"] == 2 and facts["membership"]["db_conf_state"] == {"voters": [1]}
+    db36 = eb.etcd_db(consistent_index=8, term=2, conf_voters=[1], storage_version="3.6.0")
+    facts, errors = _inspect(_dir(tmp_path / "36", wal, db=db36))
+    assert not errors and facts["layout"] == "3.6" and facts["db"]["storage_version"] == "3.6.0"
+    assert fmt.parse_wal_snapshot(eb.wal_snapshot(8, 2, voters=[1, 2]))["conf_state"]["voters"] == ["1", "2"]
+
+
+def test_snapshot_status_hash_is_crc32c_over_bucket_names_keys_and_values():
+    db = eb.etcd_db(revisions=4)
+    parsed = bolt.read_etcd_db(db)
+    expected = 0
+    layout = [(b"cluster", [(b"clusterVersion", b"3.4.0")]),
+              (b"key", [(eb.revision_key(r), b"value-%d" % r) for r in range(1, 5)]),
+              (b"members", [(b"1", b'{"id": 1, "peerURLs": ["http://10.0.0.1:2380"]}')]),
+              (b"members_removed", []), (b"meta", [(b"consistent_index", struct.pack(">Q", 10))])]
+    for name, items in layout:
+        expected = eb.crc32c_bitwise(name, expected)
+        for key, value in items:
+            expected = eb.crc32c_bitwise(value, eb.crc32c_bitwise(key, expected))
+    assert parsed["snapshot_status"] == {"hash": expected, "revision": 4, "total_key": 7, "total_size": 7 * 4096}
+
+
+def _member(last_term, last_index, hard_term, commit=0, cluster="c1", verdict="healthy", ci=0, rev=0):
+    return {"cluster_id": cluster, "verdict": verdict, "problems": [], "revision": rev,
+            "db": {"consistent_index": ci},
+            "log": {"last_term": last_term, "last_index": last_index,
+                    "hard_state": {"term": hard_term, "vote": 0, "commit": commit}}}
+
+
+def test_ranking_uses_last_log_term_and_index_never_hard_state_term():
+    members = {"a": _member(2, 500, 2, 499), "b": _member(2, 498, 2, 498),
+               "campaigner": _member(2, 300, 9, 300),  # campaigned alone: high HardState term, stale log
+               "newer-term": _member(3, 400, 3, 400)}
+    ranked = dd.rank_members(members)
+    assert ranked["order"] == ["newer-term", "a", "b", "campaigner"]
+    tie = dd.rank_members({"x": _member(2, 10, 2, 9, ci=10, rev=5), "y": _member(2, 10, 2, 10, ci=10, rev=7),
+                           "z": _member(2, 10, 2, 10, cluster="other"), "w": _member(9, 99, 9, verdict="unusable")})
+    assert tie["order"] == ["y", "x"] and set(tie["excluded"]) == {"z", "w"}
+
+
+def test_fuzzed_directories_never_crash(tmp_path):
+    rng = random.Random(11)
+    wal = _snap_wal()
+    snaps = {"0000000000000002-0000000000000008.snap": eb.snap_file(2, 8, voters=[1])}
+    path = _dir(tmp_path, wal, snaps, eb.etcd_db(consistent_index=12))
+    files = [os.path.join(root, n) for root, _d, names in os.walk(path) for n in names]
+    for _round in range(150):
+        victim = rng.choice(files)
+        with open(victim, "rb") as handle:
+            original = handle.read()
+        data = bytearray(original)
+        if rng.random() < 0.3:
+            data = data[:rng.randrange(len(data) + 1)]
+        else:
+            for _flip in range(rng.randrange(1, 6)):
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        with open(victim, "wb") as handle:
+            handle.write(data)
+        try:
+            for depth in ("full", "quick"):
+                facts = dd.inspect_datadir(path, depth)
+                assert facts["verdict"] in ("healthy", "repairable", "unusable")
+        finally:
+            with open(victim, "wb") as handle:
+                handle.write(original)
