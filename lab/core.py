@@ -254,6 +254,13 @@ class Lab:
                 path = path.parent
             Path(mounted).mkdir(parents=True, exist_ok=True)
             created.extend(missing)
+            # Another lab's `down` rmdirs the empty mount points it made, and removing a directory
+            # detaches every bind mount on it in every namespace (ours included: the hosts lose
+            # their data, config and log dirs mid-run). A file in it, here in the root namespace
+            # (hidden under the mounts), makes that rmdir fail for every lab.
+            keep = Path(mounted) / ".qrlab-mountpoint"
+            if not keep.exists():
+                keep.write_text("mount point of the quorum.recovery labs; keeps it from being removed under them\n")
         self._record(created=created)
         for host in hosts:
             for key in PRIVATE_PATHS:

@@ -1,0 +1,146 @@
+"""recover.yml refuses bad inputs before touching anything, and --check only prints the plan.
+
+Each bad input must fail the run with a message that names the input, and leave every member as
+it was: every file of every data directory byte- and time-identical (sha256, size, mtime,
+ctime), the dqlite service still running with the same pid, no state directory (journal,
+archives) on any member and no controller directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from conftest import run_ansible
+
+STATE_DIR = "/var/backups/quorum-recovery"
+
+
+def _fingerprint(lab) -> dict:
+    out = {}
+    for host in lab.hosts():
+        directory = host.real_path(host.dqlite_data_dir)
+        st = os.stat(directory)
+        out[(host.name, ".")] = (st.st_mtime_ns, st.st_ctime_ns)
+        for name in sorted(os.listdir(directory)):
+            path = directory / name
+            st = os.stat(path)
+            with open(path, "rb") as f:
+                out[(host.name, name)] = (hashlib.sha256(f.read()).hexdigest(), st.st_size, st.st_mtime_ns,
+                                          st.st_ctime_ns)
+    return out
+
+
+def _services(lab) -> dict:
+    """host -> pid of the running dqlite (None when stopped)."""
+    out = {}
+    for host in lab.hosts():
+        running = lab.service(host, "dqlite", "status", check=False).returncode == 0
+        pid = (host.private("run") / "qrlab" / "dqlite.pid")
+        out[host.name] = int(pid.read_text()) if running and pid.exists() else None
+    return out
+
+
+def _no_state(lab, controller):
+    for host in lab.hosts():
+        state = host.real_path(STATE_DIR)
+        assert not state.exists(), (host.name, "state dir created", sorted(os.listdir(state)))
+    assert not controller.exists(), sorted(os.listdir(controller))
+
+
+def _recover(lab, controller, extra: dict, *args):
+    extra = dict(extra, recover_controller_dir=str(controller))
+    return run_ansible("ansible-playbook", "playbooks/recover.yml", "-e", json.dumps(extra), *args,
+                       inventory=lab.inventory_path, check=False)
+
+
+CONFIRM = {"recover_confirm": "yes"}
+BAD_INPUTS = [
+    # (id, extra vars, what the message must contain)
+    ("unknown-flavor", dict(CONFIRM, recover_flavor="nope"), "recover_flavor=nope"),
+    ("lxd-is-inspect-only", dict(CONFIRM, recover_flavor="lxd"), "recover_flavor=lxd"),
+    ("engine-etcd", dict(CONFIRM, recover_engine="etcd"), "recover_engine=etcd"),
+    ("lost-not-in-inventory", dict(CONFIRM, recover_lost=["h9"]), "recover_lost="),
+    ("all-lost", dict(CONFIRM, recover_lost=["h1", "h2", "h3"]), "declares every member of dqlite lost"),
+    ("winner-not-a-member", dict(CONFIRM, recover_winner="h9"), "recover_winner=h9"),
+    ("winner-declared-lost", dict(CONFIRM, recover_winner="h3", recover_lost=["h3"]), "recover_winner=h3"),
+    ("bad-address", dict(CONFIRM, recover_addresses={"h2": "10.254.81.99"}), "recover_addresses="),
+    ("address-for-unknown-host", dict(CONFIRM, recover_addresses={"h9": "10.0.0.1:9001"}), "recover_addresses="),
+    ("max-voters-zero", dict(CONFIRM, recover_max_voters=0), "recover_max_voters=0"),
+    ("max-voters-abc", dict(CONFIRM, recover_max_voters="abc"), "recover_max_voters=abc"),
+    ("service-commands-without-stop",
+     dict(CONFIRM, recover_service_commands={"start": "/bin/true", "status": "/bin/true"}),
+     "recover_service_commands"),
+    ("service-control-unknown", dict(CONFIRM, recover_service_control="sysv"), "recover_service_control=sysv"),
+    ("relative-state-dir", dict(CONFIRM, recover_state_dir="var/backups/qr"), "recover_state_dir=var/backups/qr"),
+    ("relative-data-dir", dict(CONFIRM, recover_data_dir="backend"), "recover_data_dir=backend"),
+    ("missing-confirm", {}, "recover_confirm is not set"),
+    ("confirm-not-yes", {"recover_confirm": "maybe"}, "recover_confirm"),
+    ("declared-lost-but-reachable", dict(CONFIRM, recover_lost=["h3"]), "recover_lost"),
+    ("group-does-not-exist", dict(CONFIRM, recover_group="nosuchgroup"), "recover_group=nosuchgroup"),
+]
+
+
+@pytest.fixture(scope="module")
+def baseline(lab):
+    """The lab's cluster, running; its fingerprint and pids as the reference."""
+    services = _services(lab)
+    assert all(services.values()), services
+    return _fingerprint(lab), services
+
+
+def _assert_nothing_changed(lab, baseline, controller, what):
+    fingerprint, services = baseline
+    now = _fingerprint(lab)
+    changed = sorted(k for k in set(now) | set(fingerprint) if now.get(k) != fingerprint.get(k))
+    assert not changed, (what, "data dir changed", changed)
+    assert _services(lab) == services, (what, "dqlite services changed")
+    _no_state(lab, controller)
+
+
+@pytest.mark.parametrize("extra,message", [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_is_refused_by_name_and_nothing_changes(lab, baseline, tmp_path, extra, message):
+    controller = tmp_path / "controller"
+    proc = _recover(lab, controller, extra)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    assert message in output, (message, output[-3000:])
+    _assert_nothing_changed(lab, baseline, controller, extra)
+
+
+def test_unreachable_member_not_declared_lost_is_refused(lab, baseline, tmp_path):
+    controller = tmp_path / "controller"
+    h3 = lab.host("h3")
+    lab.partition(h3)
+    try:
+        proc = _recover(lab, controller, CONFIRM)
+    finally:
+        lab.heal(h3)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    assert "unreachable and not declared lost: h3" in output and "recover_lost" in output, output[-3000:]
+    _assert_nothing_changed(lab, baseline, controller, "partitioned h3")
+
+
+def test_check_mode_prints_the_plan_and_changes_nothing(lab, tmp_path):
+    """--check on a cluster that lost power: the plan, and no change anywhere (services stay down)."""
+    controller = tmp_path / "controller"
+    lab.power_off("dqlite")
+    try:
+        before, services = _fingerprint(lab), _services(lab)
+        assert not any(services.values())
+        proc = _recover(lab, controller, {}, "--check")  # no recover_confirm needed to look
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0, output[-4000:]
+        for part in ("winner: ", "reconfigure: once on ", "plan hash: ", "new membership: h1=voter, h2=voter, h3=voter",
+                     "restore from"):
+            assert part in output, (part, output[-4000:])
+        _assert_nothing_changed(lab, (before, services), controller, "--check")
+        # and with recover_confirm=yes too: --check still changes nothing
+        proc = _recover(lab, controller, CONFIRM, "--check")
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        _assert_nothing_changed(lab, (before, services), controller, "--check -e recover_confirm=yes")
+    finally:
+        lab.start_all(lab.hosts(), "dqlite")
