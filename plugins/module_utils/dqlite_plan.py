@@ -166,8 +166,8 @@ def make_plan(members, lost=(), winner=None, addresses=None, hosts=None, max_vot
             reasons.append("recover_winner=%s is not a reachable surviving member (members: %s)"
                            % (winner, ", ".join(sorted(members))))
         elif verdicts[winner] != HEALTHY:
-            reasons.append("recover_winner=%s is %s, not healthy (%s)" % (winner, verdicts[winner],
-                                                                       _problems_text(members[winner])))
+            reasons.append("recover_winner=%s is %s, not healthy (%s)"
+                           % (winner, verdicts[winner], _problems_text(members[winner])))
         elif pos[winner] < pos[chosen]:
             reasons.append("recover_winner=%s is at %s, behind %s at %s: it would lose the entries in between"
                            % (winner, _fmt_pos(pos[winner]), chosen, _fmt_pos(pos[chosen])))
@@ -177,8 +177,8 @@ def make_plan(members, lost=(), winner=None, addresses=None, hosts=None, max_vot
     if not why:
         why.append("%s holds the most advanced log among the healthy members: %s" % (chosen, _fmt_pos(pos[chosen])))
         if len(top) > 1:
-            why.append("tied with %s, same last entry; %s wins by name" % (", ".join(h for h in top if h != chosen),
-                                                                          chosen))
+            why.append("tied with %s, same last entry; %s wins by name"
+                       % (", ".join(h for h in top if h != chosen), chosen))
     for host in sorted(members):
         if host == chosen:
             continue
@@ -312,7 +312,7 @@ def render_picture(members, plan, width=40):
     for host in sorted(members, key=lambda h: (h != plan["winner"], h)):
         facts = members[host] or {}
         log = facts.get("log") or {}
-        bar = [" "] * width
+        cells = [" "] * width
         snap = log.get("snapshot_index") or 0
         first = log.get("first_index") or (snap + 1)
         last = log.get("last_index") or 0
@@ -320,9 +320,9 @@ def render_picture(members, plan, width=40):
         def col(index):
             return min(width - 1, int(index * (width - 1) / top))
         for i in range(col(first), col(last) + 1 if last else 0):
-            bar[i] = "="
+            cells[i] = "="
         if snap:
-            bar[col(snap)] = "S"
+            cells[col(snap)] = "S"
         pos = position(facts)
         if host == plan["winner"]:
             note = "<- winner"
@@ -333,8 +333,7 @@ def render_picture(members, plan, width=40):
                 if pos[0] > 0 else "empty"
         else:
             note = "%d behind" % (win_end[1] - pos[1]) if pos[1] <= win_end[1] else "%d ahead" % (pos[1] - win_end[1])
-        lines.append("%-6s |%s| t%d:%d %s%s" % (host, "".join(bar), pos[0], pos[1], note,
-                                                 "" if facts.get("verdict") == HEALTHY else
-                                                 " [%s]" % facts.get("verdict", UNUSABLE)))
+        flag = "" if facts.get("verdict") == HEALTHY else " [%s]" % facts.get("verdict", UNUSABLE)
+        lines.append("%-6s |%s| t%d:%d %s%s" % (host, "".join(cells), pos[0], pos[1], note, flag))
     lines.append("S = newest snapshot, = = log entries; ends are (last term):(last index)")
     return lines

@@ -90,13 +90,13 @@ plan:
   type: dict
   contains:
     winner: {description: The elected member., type: str}
-    why: {description: The reasons for the choice, one sentence each., type: list, elements: str}
+    why: {description: "The reasons for the choice, one sentence each.", type: list, elements: str}
     warnings: {description: What the plan cannot prove., type: list, elements: str}
-    membership: {description: The new membership (host, id, address, role)., type: list, elements: dict}
-    reconfigure: {description: Winner, expected last index and the segment the reconfigure appends., type: dict}
-    table: {description: The members as a table, one line each., type: list, elements: str}
+    membership: {description: "The new membership (host, id, address, role).", type: list, elements: dict}
+    reconfigure: {description: "Winner, expected last index and the segment the reconfigure appends.", type: dict}
+    table: {description: "The members as a table, one line each.", type: list, elements: str}
     picture: {description: Each member's log drawn to one scale., type: list, elements: str}
-    hash: {description: Digest of winner, membership, reconfigure point and positions., type: str}
+    hash: {description: "Digest of winner, membership, reconfigure point and positions.", type: str}
 reasons:
   description: Why the plan was refused.
   returned: failure
