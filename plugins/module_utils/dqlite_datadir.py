@@ -22,6 +22,7 @@ import os
 import struct
 
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_format as fmt
+from ansible_collections.quorum.recovery.plugins.module_utils import proc_holders
 
 HEALTHY, REPAIRABLE, UNUSABLE = "healthy", "repairable", "unusable"
 ERROR, WARNING, INFO = "error", "warning", "info"
@@ -513,41 +514,13 @@ def verdict(problems):
 
 
 def is_running(path):
-    """Whether any process holds a file in the directory open (dqlite keeps its segments open),
+    """Whether any process holds a file of the directory open (dqlite keeps its segments open),
     or a lock on dqlite-lock (dqlite >= 1.16.5). Read-only: /proc only."""
-    real = os.path.realpath(path)
-    lock_inode = None
     try:
-        lock_inode = os.stat(os.path.join(path, "dqlite-lock")).st_ino
+        names = [n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n))]
     except OSError:
-        pass
-    if lock_inode is not None:
-        try:
-            with open("/proc/locks") as handle:
-                for line in handle:
-                    fields = line.split()
-                    if len(fields) > 5 and fields[5].rsplit(":", 1)[-1] == str(lock_inode):
-                        return {"running": True, "evidence": "lock on dqlite-lock"}
-        except OSError:
-            pass
-    try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return {"running": None, "evidence": "no /proc"}
-    for pid in pids:
-        fd_dir = "/proc/%s/fd" % pid
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(os.path.join(fd_dir, fd))
-            except OSError:
-                continue
-            if target.startswith(real + "/"):
-                return {"running": True, "evidence": "pid %s has %s open" % (pid, target), "pid": int(pid)}
-    return {"running": False, "evidence": "no process has a file of the directory open"}
+        names = []
+    return proc_holders.holder(proc_holders.file_ids(path, names), locks=("dqlite-lock",))
 
 
 # ---------------------------------------------------------------------------- start-up replay

@@ -21,6 +21,7 @@ import os
 
 from ansible_collections.quorum.recovery.plugins.module_utils import bbolt_format as bolt
 from ansible_collections.quorum.recovery.plugins.module_utils import etcd_format as fmt
+from ansible_collections.quorum.recovery.plugins.module_utils import proc_holders
 
 HEALTHY, REPAIRABLE, UNUSABLE = "healthy", "repairable", "unusable"
 ERROR, WARNING, INFO = "error", "warning", "info"
@@ -357,43 +358,7 @@ def rank_members(members):
 
 def is_running(path):
     """Whether a process holds a file of the member open (etcd keeps its WAL and db open) or a
-    lock on member/snap/db (bbolt's flock). Files are compared by device and inode, not by
-    name: a process in another mount namespace (a container, another host's etcd on the same
-    machine) sees its own /var/lib/etcd under the same name. Read-only: /proc only."""
-    ours = {}
-    for sub in ("member/wal", "member/snap"):
-        for name in _listdir(os.path.join(path, sub)) or []:
-            try:
-                st = os.stat(os.path.join(path, sub, name))
-            except OSError:
-                continue
-            ours[(st.st_dev, st.st_ino)] = "%s/%s" % (sub, name)
-    db_inodes = {ino for (_dev, ino), name in ours.items() if name == "member/snap/db"}
-    try:
-        with open("/proc/locks") as handle:
-            for line in handle:
-                fields = line.split()
-                if len(fields) > 5 and fields[4] != "-1" and fields[5].rsplit(":", 1)[-1] in {str(i) for i in db_inodes}:
-                    return {"running": True, "evidence": "pid %s locks member/snap/db" % fields[4],
-                            "pid": int(fields[4]) if fields[4].isdigit() else None}
-    except OSError:
-        pass
-    try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return {"running": None, "evidence": "no /proc"}
-    for pid in pids:
-        fd_dir = "/proc/%s/fd" % pid
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                st = os.stat(os.path.join(fd_dir, fd))
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) in ours:
-                return {"running": True, "evidence": "pid %s has %s open" % (pid, ours[(st.st_dev, st.st_ino)]),
-                        "pid": int(pid)}
-    return {"running": False, "evidence": "no process has a file of the directory open"}
+    lock on member/snap/db (bbolt's flock), matched by device and inode (proc_holders)."""
+    names = ["%s/%s" % (sub, name) for sub in ("member/wal", "member/snap")
+             for name in _listdir(os.path.join(path, sub)) or []]
+    return proc_holders.holder(proc_holders.file_ids(path, names), locks=("member/snap/db",))
