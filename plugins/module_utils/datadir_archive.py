@@ -11,6 +11,7 @@ Standard library only: this runs on the targets.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -71,12 +72,15 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def write_atomic(path, data, mode=0o600):
+@contextlib.contextmanager
+def _atomic(path, mode):
+    """Write to a temporary name beside path; on success fsync, rename and fsync the folder,
+    on any error remove the temporary file. Yields (handle, temporary path)."""
     tmp = "%s.tmp-%d" % (path, os.getpid())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle, tmp
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
@@ -88,42 +92,36 @@ def write_atomic(path, data, mode=0o600):
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
+def write_atomic(path, data, mode=0o600):
+    with _atomic(path, mode) as (handle, _tmp):
+        handle.write(data)
+
+
 def create(root, dest, files, extra=None, mode=0o600):
     """Archive `files` (relative to root) to dest atomically; returns the manifest."""
     os.makedirs(os.path.dirname(os.path.abspath(dest)), mode=0o700, exist_ok=True)
-    tmp = "%s.tmp-%d" % (dest, os.getpid())
     entries = []
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=1) as tar:
-                for rel in files:
-                    full = os.path.join(root, rel)
-                    with open(full, "rb") as handle:
-                        info = tar.gettarinfo(full, arcname=rel, fileobj=handle)
-                        reader = _HashingReader(handle)
-                        tar.addfile(info, reader)
-                        if reader.size != info.size:
-                            raise ArchiveError("%s changed size while it was archived" % full)
-                    entries.append({"name": rel, "size": info.size, "sha256": reader.digest.hexdigest(),
-                                    "mode": info.mode & 0o7777, "mtime": info.mtime})
-                manifest = dict(extra or {})
-                manifest.update(source_dir=root, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                files=entries, total_bytes=sum(e["size"] for e in entries))
-                blob = json.dumps(manifest, indent=1, sort_keys=True).encode()
-                info = tarfile.TarInfo(MANIFEST)
-                info.size, info.mode, info.mtime = len(blob), 0o600, int(time.time())
-                tar.addfile(info, io.BytesIO(blob))
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp, mode)
+    with _atomic(dest, mode) as (raw, tmp):
+        with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=1) as tar:
+            for rel in files:
+                full = os.path.join(root, rel)
+                with open(full, "rb") as handle:
+                    info = tar.gettarinfo(full, arcname=rel, fileobj=handle)
+                    reader = _HashingReader(handle)
+                    tar.addfile(info, reader)
+                    if reader.size != info.size:
+                        raise ArchiveError("%s changed size while it was archived" % full)
+                entries.append({"name": rel, "size": info.size, "sha256": reader.digest.hexdigest(),
+                                "mode": info.mode & 0o7777, "mtime": info.mtime})
+            manifest = dict(extra or {})
+            manifest.update(source_dir=root, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            files=entries, total_bytes=sum(e["size"] for e in entries))
+            blob = json.dumps(manifest, indent=1, sort_keys=True).encode()
+            info = tarfile.TarInfo(MANIFEST)
+            info.size, info.mode, info.mtime = len(blob), 0o600, int(time.time())
+            tar.addfile(info, io.BytesIO(blob))
+        raw.flush()
         digest = sha256_file(tmp)
-        os.rename(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(os.path.dirname(os.path.abspath(dest)))
     write_atomic(dest + ".sha256", ("%s  %s\n" % (digest, os.path.basename(dest))).encode(), mode)
     manifest["archive_sha256"] = digest
     return manifest

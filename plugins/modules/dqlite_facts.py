@@ -186,7 +186,6 @@ quarantine_dir:
 """
 
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -194,14 +193,7 @@ import shutil
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_datadir
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
 
 
 def _validate_requests(module, facts):
@@ -242,7 +234,7 @@ def _apply(module, facts, proposed_cut):
     for name, action in plan:
         source = os.path.join(path, name)
         entry = {"file": name, "from": source, "to": os.path.join(qdir, name), "size": os.path.getsize(source),
-                 "sha256": _sha256(source), "action": action, "time": stamp,
+                 "sha256": arch.sha256_file(source), "action": action, "time": stamp,
                  "reasons": [p["message"] for p in facts["problems"]
                              if name in ((p.get("action") or {}).get("quarantine", []))
                              or ((p.get("action") or {}).get("truncate") or {}).get("file") == name]}
@@ -265,17 +257,13 @@ def _apply(module, facts, proposed_cut):
             shutil.move(entry["from"], entry["to"])  # same filesystem: a rename, else copy + remove
         else:
             shutil.copy2(entry["from"], entry["to"])
-            if _sha256(entry["to"]) != entry["sha256"]:
+            if arch.sha256_file(entry["to"]) != entry["sha256"]:
                 module.fail_json(msg="copy of %s to the quarantine does not match; not cutting" % entry["from"])
             with open(entry["from"], "r+b") as handle:
                 handle.truncate(entry["cut_to"])
                 os.fsync(handle.fileno())
-        tmp = manifest_path + ".tmp"
-        with open(tmp, "w") as handle:
-            json.dump(previous + manifest[:manifest.index(entry) + 1], handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(tmp, manifest_path)
+        arch.write_atomic(manifest_path, json.dumps(previous + manifest[:manifest.index(entry) + 1],
+                                                    indent=2).encode(), mode=0o644)
     return qdir, manifest
 
 
