@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 
 import pytest
 
@@ -65,14 +64,15 @@ def test_lagging_member_then_all_powered_off_mid_write(fresh_lab):
     h1, h2, h3 = hosts
     lab.partition(h3)  # h3 falls behind
     lab._wait(lambda: lab.dqlite_leader(h1) not in ("", h3.dqlite_address), 60, "a leader on the majority side")
-    lab.client(h1, "dqlite-put", *lab.client_target(h1, "dqlite"), "--prefix", "acked", "--count", "300", "--size", "64")
-    busy = lab.spawn(h1, [*lab.client_cmd, "dqlite-put", *lab.client_target(h1, "dqlite"), "--prefix", "busy",
-                          "--count", "100000", "--size", "64"])
-    time.sleep(2)
-    lab.power_off("dqlite")  # every member, SIGKILL, while writes go on
-    busy.kill()
-    busy.wait()
+    lab.churn(h1, "dqlite", 300, 64, prefix="acked")
+    lab.power_off_mid_write(h1, "dqlite", "busy", count=100000, size=64)  # every member, SIGKILL
     lab.heal(h3)
+    # inspect.yml: read-only, shows the plan, and shows a refusal instead of failing on it
+    shown = run_ansible("ansible-playbook", "playbooks/inspect.yml", inventory=lab.inventory_path)
+    assert _plan_winner(shown.stdout) in ("h1", "h2") and "behind" in shown.stdout
+    refused = run_ansible("ansible-playbook", "playbooks/inspect.yml", "-e", "recover_winner=h3",
+                          inventory=lab.inventory_path)
+    assert "REFUSED:" in refused.stdout and "recover_winner=h3 is at term" in refused.stdout, refused.stdout[-3000:]
     proc = _recover(lab)
     winner = _plan_winner(proc.stdout)
     assert winner in ("h1", "h2"), "h3 lagged, yet won:\n" + proc.stdout[-3000:]
