@@ -519,6 +519,18 @@ class Lab:
         for host in self.hosts():
             self.kill(host, service)
 
+    def power_off_mid_write(self, host: Host, engine: str, prefix: str = "midwrite", count: int = 5000,
+                            size: int = 200, seconds: float = 2.0) -> None:
+        """Power loss of every member of an engine while a client on `host` is writing to it."""
+        writer = self.spawn(host, [*self.client_cmd, engine + "-put", *self.client_target(host, engine),
+                                   "--prefix", prefix, "--count", str(count), "--size", str(size)])
+        try:
+            time.sleep(seconds)
+            self.power_off(engine)
+        finally:
+            writer.kill()
+            writer.wait()
+
     def partition(self, host: Host) -> None:
         run(["ip", "link", "set", host.veth, "down"])
 

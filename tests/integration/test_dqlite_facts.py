@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import subprocess
-import time
 
 import pytest
 
@@ -47,11 +46,6 @@ def _reconfigure_scratch(lab, host, tag):
     return sorted(os.listdir(host.real_path(scratch)))
 
 
-def _write_in_background(lab, host, count, prefix):
-    return lab.spawn(host, [*lab.client_cmd, "dqlite-put", *lab.client_target(host, "dqlite"), "--prefix", prefix,
-                            "--count", str(count), "--size", "200"])
-
-
 def _check_oracle(lab, tag):
     hosts = lab.hosts()
     before = {h.name: _fingerprint(h.real_path(h.dqlite_data_dir)) for h in hosts}
@@ -79,13 +73,7 @@ def test_oracle_after_clean_stop_and_after_power_loss_mid_write(lab):
     lab.start_all(hosts, "dqlite")
     lab._wait(lambda: lab._dqlite_settled(hosts, 3), 60, "dqlite voters")
     lab.churn(hosts[0], "dqlite", count=2200, size=64)
-    writer = _write_in_background(lab, hosts[0], 5000, "midwrite")
-    try:
-        time.sleep(2.0)
-        lab.power_off("dqlite")
-    finally:
-        writer.kill()
-        writer.wait()
+    lab.power_off_mid_write(hosts[0], "dqlite", "midwrite", count=5000, seconds=2.0)
     facts = _check_oracle(lab, "killed")
     assert any(m["snapshots"] for m in facts.values()), "expected snapshots after 3,000+ writes"
     # the members agree on the committed prefix: the leader's log is at least as long as a majority's
@@ -106,11 +94,7 @@ def test_truncated_open_segment_is_predicted_and_the_cut_makes_dqlite_start(lab)
     host = lab.hosts()[0]
     lab._wait(lambda: lab._dqlite_settled(lab.hosts(), 3), 60, "dqlite voters")
     # Power loss in the middle of a batch: the open segment ends inside its last batch.
-    writer = _write_in_background(lab, host, 3000, "torn")
-    time.sleep(1.5)
-    lab.power_off("dqlite")
-    writer.kill()
-    writer.wait()
+    lab.power_off_mid_write(host, "dqlite", "torn", count=3000, seconds=1.5)
     member = _facts(lab, hosts=host.name)[host.name]
     opened = [s for s in member["segments"] if s["kind"] == "open" and s["batches"]]
     assert opened, member["segments"]

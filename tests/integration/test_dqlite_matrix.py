@@ -382,14 +382,7 @@ def matrix(lab):
     keep("churned")
     lab.start_all(hosts, "dqlite")
     lab._wait(lambda: lab._dqlite_settled(hosts, 3), 60, "dqlite voters")
-    writer = lab.spawn(host, [*lab.client_cmd, "dqlite-put", *lab.client_target(host, "dqlite"), "--prefix",
-                              "midwrite", "--count", "3000", "--size", "200"])
-    try:
-        time.sleep(1.5)
-        lab.power_off("dqlite")
-    finally:
-        writer.kill()
-        writer.wait()
+    lab.power_off_mid_write(host, "dqlite", "midwrite", count=3000, seconds=1.5)
     keep("killed")
 
     blamed = {}
