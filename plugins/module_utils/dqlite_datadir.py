@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_format as fmt
 from ansible_collections.quorum.recovery.plugins.module_utils import proc_holders
@@ -108,8 +109,8 @@ def _inspect_metadata(path, kinds, problems):
     return {"files": files, "current": chosen}
 
 
-def _inspect_snapshots(path, kinds, full, problems):
-    snapshots = []
+def _inspect_snapshots(path, kinds, full, problems, lz4_engine="python"):
+    snapshots, checks = [], []
     for key in sorted(set(kinds["snapshot"]) | set(kinds["meta"])):
         term, index, timestamp = key
         data_name, meta_name = kinds["snapshot"].get(key), kinds["meta"].get(key)
@@ -143,18 +144,27 @@ def _inspect_snapshots(path, kinds, full, problems):
                 "nothing if the log still holds the entries after the previous snapshot", "none needed",
                 index_range=[index, index]))
         else:
-            data = _read(data_path)
-            if fmt.is_lz4_frame(data):
-                try:
-                    entry["data"] = dict(fmt.verify_lz4_frame(data, full=full), format="lz4", ok=True)
-                except fmt.FormatError as exc:
-                    entry["data"] = {"format": "lz4", "ok": False, "error": str(exc), "offset": exc.offset}
-                    entry["status"] = "corrupt"
-            else:
-                entry["data"] = {"format": "raw", "ok": True,
-                                 "note": "uncompressed: raft keeps no checksum of raw snapshot data"}
+            checks.append((entry, data_path))
         snapshots.append(entry)
+    # The contents of every snapshot at once: liblz4 and file reads run without the GIL
+    workers = max(1, min(len(checks), os.cpu_count() or 1)) if full and lz4_engine != "python" else 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for (entry, data_path), data in zip(checks, pool.map(lambda c: _snapshot_data(c[1], full, lz4_engine), checks)):
+            entry["data"] = data
+            if not data["ok"]:
+                entry["status"] = "corrupt"
     return snapshots
+
+
+def _snapshot_data(path, full, lz4_engine):
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if not fmt.is_lz4_frame(magic):
+        return {"format": "raw", "ok": True, "note": "uncompressed: raft keeps no checksum of raw snapshot data"}
+    try:
+        return dict(fmt.check_lz4_file(path, full, lz4_engine), format="lz4", ok=True)
+    except fmt.FormatError as exc:
+        return {"format": "lz4", "ok": False, "error": str(exc), "offset": exc.offset}
 
 
 def _segment_facts(path, name, kind, first, last, full):
@@ -185,11 +195,16 @@ def _segment_facts(path, name, kind, first, last, full):
     return facts
 
 
-def inspect_datadir(path, depth="full", auto_recovery=True):
-    """Everything dqlite_facts reports about one data directory (see the module's RETURN)."""
+def inspect_datadir(path, depth="full", auto_recovery=True, lz4="auto"):
+    """Everything dqlite_facts reports about one data directory (see the module's RETURN).
+
+    lz4 picks what checks snapshot contents (dqlite_format.lz4_engine: auto, library, tool,
+    python); a named engine the host lacks raises ValueError before anything is read."""
     full = depth == "full"
+    lz4_engine = fmt.lz4_engine(lz4)
     problems = []
-    result = {"path": path, "depth": depth, "exists": os.path.isdir(path), "problems": problems}
+    result = {"path": path, "depth": depth, "lz4_engine": lz4_engine if full else None,
+              "exists": os.path.isdir(path), "problems": problems}
     if not result["exists"]:
         problems.append(_problem(ERROR, path, "data directory does not exist", "start as a new empty node",
                                  "everything this member held", "rebuild this member from the winner"))
@@ -201,7 +216,7 @@ def inspect_datadir(path, depth="full", auto_recovery=True):
     result["node_local_files"] = [n for n in names if n in NODE_LOCAL_FILES]
     result["identity"], result["cluster_yaml"] = _read_yaml_files(path, names, problems)
     result["metadata"] = _inspect_metadata(path, kinds, problems)
-    snapshots = _inspect_snapshots(path, kinds, full, problems)
+    snapshots = _inspect_snapshots(path, kinds, full, problems, lz4_engine)
     result["snapshots"] = snapshots
     usable = [s for s in snapshots if s["status"] in ("ok", "corrupt")]
     newest = usable[-1] if usable else None  # raft loads the newest complete pair, good or bad
