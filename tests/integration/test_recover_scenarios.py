@@ -8,6 +8,7 @@ members are gone from the membership.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -154,3 +155,32 @@ def test_five_members_losing_three(fresh_lab):
     proc = _recover(lab, '{"recover_lost": ["h1", "h2", "h3"]}')
     assert _plan_winner(proc.stdout) in ("h4", "h5")
     _assert_recovered(lab, survivors, {"key": (1000, 32)}, voters=1)
+
+
+def test_a_cluster_that_does_not_come_back_fails_by_its_timeout_and_a_rerun_finishes(fresh_lab):
+    lab = fresh_lab
+    hosts = lab.up(3, keys=200)
+    lab.power_off("dqlite")
+    service = " ".join(lab.service_cmd)
+    # a start command that starts nothing: the verification must give up at its timeout, naming it
+    no_start = json.dumps({"recover_verify_timeout": 20, "recover_service_commands": {
+        "start": "true", "stop": "%s dqlite stop" % service, "status": "%s dqlite status" % service}})
+    stuck = _recover(lab, no_start, check=False)
+    assert stuck.returncode != 0, stuck.stdout[-2000:]
+    assert "did not reach the planned membership within 20 s" in stuck.stdout, stuck.stdout[-3000:]
+    # the journal says the members were being started: a re-run only starts and verifies
+    again = _recover(lab)
+    assert "COMPLETE" in again.stdout and "Reconfigure ONCE" not in _ran_tasks(again.stdout), again.stdout[-3000:]
+    _assert_recovered(lab, hosts, {"key": (200, 32)}, voters=3)
+
+
+def _ran_tasks(output):
+    """The names of the tasks that did something other than skip."""
+    ran, name = [], None
+    for line in output.splitlines():
+        if line.startswith("TASK ["):
+            name = line
+        elif name and line.startswith(("ok:", "changed:")):
+            ran.append(name)
+            name = None
+    return "\n".join(ran)
