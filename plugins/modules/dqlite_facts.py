@@ -23,17 +23,15 @@ description:
     of its last complete batch after keeping the original in the quarantine folder.
 author:
   - quorum.recovery maintainers (@quorum-recovery)
+extends_documentation_fragment:
+  - quorum.recovery.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: In check mode the quarantine and cut steps are reported, not done.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
     support: partial
     details: Inspection changes nothing and is idempotent. A quarantined file is gone from the directory, so
       naming it again in O(quarantine) fails rather than moving something else.
