@@ -17,8 +17,10 @@ behaviour measured against real dqlite.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import socket
 import struct
 from concurrent.futures import ThreadPoolExecutor
 
@@ -244,8 +246,49 @@ def inspect_datadir(path, depth="full", auto_recovery=True, lz4="auto"):
         problems.append(_problem(WARNING, "join", "this node never finished joining its cluster",
                                  "retry the join at start", "nothing", "rebuild this member from the winner"))
     result["running"] = is_running(path)
+    result["address_local"] = _check_address_local(result["identity"], problems)
     result["verdict"] = verdict(problems)
     return result
+
+
+def address_is_local(address):
+    """Whether this host holds the host part of a dqlite address ("ip:port", "[ip6]:port" or
+    "name:port"): True, False, or None when it cannot tell (no address, a name that does not
+    resolve, an unexpected error). go-dqlite binds that address at start (TLS or not), so a
+    node whose host lost it cannot start. Binds a socket to port 0 on it and closes it: nothing
+    else on the host is touched. A host with net.ipv4.ip_nonlocal_bind=1 binds anything: True."""
+    if not address or ":" not in address:
+        return None
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None
+    unknown = False
+    for family, socktype, proto, _name, sockaddr in infos:
+        try:
+            with socket.socket(family, socktype, proto) as sock:
+                sock.bind((sockaddr[0], 0) + tuple(sockaddr[2:]))
+            return True
+        except OSError as exc:
+            if exc.errno != errno.EADDRNOTAVAIL:
+                unknown = True
+    return None if unknown or not infos else False
+
+
+def _check_address_local(identity, problems):
+    """A member whose host no longer has the address in its info.yaml: the host's address
+    changed (a new DHCP lease, a moved VM). Only a warning here: the data is as good as before,
+    and the recovery gives the member its new address when told which one it is."""
+    local = address_is_local(identity["address"]) if identity else None
+    if local is False:
+        problems.append(_problem(
+            WARNING, "info.yaml", "address %s in info.yaml is not an address of this host (did the host's "
+            "address change?)" % identity["address"],
+            "fail to start: it cannot listen on %s (and go-dqlite refuses a --db address that differs from "
+            "info.yaml)" % identity["address"], "nothing in the database",
+            "recover with the member's new address, so the new membership and info.yaml name it"))
+    return local
 
 
 def _app_refusal(result, names, problems):

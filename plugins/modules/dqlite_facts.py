@@ -89,6 +89,11 @@ options:
     type: list
     elements: str
     default: []
+  new_address:
+    description:
+      - The dqlite address (C(host:port)) this member is to be started with when its host's
+        address changed. Checked like C(info.yaml)'s address and reported in RV(member.new_address_local).
+    type: str
   quarantine_dir:
     description:
       - Where quarantined files go. Defaults to a sibling of O(path), C(<path>.quarantine/<UTC time>).
@@ -192,6 +197,18 @@ member:
     running:
       description: Whether a process holds the directory's files open, and the evidence.
       type: dict
+    address_local:
+      description:
+        - Whether this host holds the address in C(info.yaml) (checked by binding a socket to it on
+          port 0, then closing it); V(false) when the host's address changed since the node last
+          ran, null when it cannot tell (no C(info.yaml), a name that does not resolve).
+      type: bool
+      sample: true
+    new_address_local:
+      description: Whether this host holds O(new_address) (same check as RV(member.address_local)).
+      type: bool
+      returned: when O(new_address) is given
+      sample: true
 quarantined:
   description: The manifest entries of files moved or copied aside by this run.
   returned: when O(quarantine) or O(cut) is given
@@ -288,8 +305,11 @@ def _apply(module, facts, proposed_cut):
 
 
 def _inspect(module, path):
-    return dqlite_datadir.inspect_datadir(path, module.params["depth"], module.params["auto_recovery"],
-                                          module.params["lz4_engine"])
+    facts = dqlite_datadir.inspect_datadir(path, module.params["depth"], module.params["auto_recovery"],
+                                           module.params["lz4_engine"])
+    if module.params["new_address"]:
+        facts["new_address_local"] = dqlite_datadir.address_is_local(module.params["new_address"])
+    return facts
 
 
 def main():
@@ -302,6 +322,7 @@ def main():
             quarantine=dict(type="list", elements="str", default=[]),
             cut=dict(type="list", elements="str", default=[]),
             quarantine_dir=dict(type="path"),
+            new_address=dict(type="str"),
         ),
         supports_check_mode=True,
     )

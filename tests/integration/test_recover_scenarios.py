@@ -184,3 +184,43 @@ def _ran_tasks(output):
             ran.append(name)
             name = None
     return "\n".join(ran)
+
+
+def test_member_whose_address_changed(fresh_lab):
+    lab = fresh_lab
+    hosts = lab.up(3, keys=1000)
+    for host in hosts:  # the cluster is down while h2's machine gets a new address (a new lease)
+        lab.service(host, "dqlite", "stop")
+        lab.service(host, "etcd", "stop")
+    old = hosts[1].dqlite_address
+    new_ip = str(lab.subnet.network_address + 42)
+    h2 = lab.readdress(hosts[1], new_ip)
+    h1, h3 = hosts[0], hosts[2]
+    assert h2.address == new_ip and lab.host("h2") == h2
+    before = {h.name: sorted(os.listdir(h.real_path(h.dqlite_data_dir))) for h in (h1, h2, h3)}
+
+    # Not told, the plan notices that h2's host no longer holds the address in its info.yaml and
+    # refuses before any change: reconfigured under the old address, h2 would never start again
+    # (go-dqlite: address in info.yaml does not match) and the others would call the old one.
+    refused = _recover(lab, check=False)
+    assert refused.returncode != 0, refused.stdout[-3000:]
+    assert ("h2: its dqlite address %s (info.yaml) is not an address of the host any more" % old) in refused.stdout
+    assert 'recover_addresses={\\"h2\\": \\"%s\\"}' % h2.dqlite_address in refused.stdout, refused.stdout[-3000:]
+    assert re.search(r"changed=0 ", refused.stdout) and not re.search(r"changed=[1-9]", refused.stdout)
+    assert {h.name: sorted(os.listdir(h.real_path(h.dqlite_data_dir))) for h in (h1, h2, h3)} == before
+
+    addresses = '{"recover_addresses": {"h2": "%s"}}' % h2.dqlite_address
+    proc = _recover(lab, addresses)
+    out = proc.stdout
+    assert "%s -> %s" % (old, h2.dqlite_address) in out, out[-4000:]
+    assert re.search(r"Write info.yaml with the new address.*\n(.*\n)*?changed: \[h2\]", out)
+    _assert_recovered(lab, [h1, h2, h3], {"key": (1000, 32)}, voters=3)
+    for host in (h1, h2, h3):  # every member, asked itself, names h2 by its new address only
+        addresses_seen = sorted(n["Address"] for n in lab.dqlite_nodes(host))
+        assert addresses_seen == sorted([h1.dqlite_address, h2.dqlite_address, h3.dqlite_address]), addresses_seen
+    info = h2.real_path(h2.dqlite_data_dir + "/info.yaml").read_text()
+    assert "Address: %s" % h2.dqlite_address in info, info
+    # a second run changes nothing
+    again = _recover(lab, addresses)
+    assert "nothing to do" in again.stdout and re.search(r"changed=0 ", again.stdout), again.stdout[-2000:]
+    assert not re.search(r"changed=[1-9]", again.stdout), again.stdout[-2000:]
