@@ -24,7 +24,7 @@ order, which is checked by starting Debian's etcd 3.4.23 on damaged copies of re
     file is repaired (wal.Repair keeps a .broken copy and truncates), anything else -> refuse;
  7. raft: a HardState commit beyond the last entry -> panic.
 Each problem carries its stage, what it alone makes etcd do (`etcd_start`), the error etcd
-prints and the file change etcd makes; `predict_start` walks them in etcd's order.
+prints and the file change etcd makes; predict_start() walks them in etcd's order (`prediction`).
 It opens files for reading only and never renames, writes, locks or starts anything.
 rank_members() is the offline election rule the recovery plan uses.
 """
@@ -91,8 +91,8 @@ def inspect_datadir(path, depth="full"):
             ERROR, where, "%s: not an etcd data directory, or one that lost its log" % what,
             "start as a brand-new member: bootstrap a fresh log from --initial-cluster (state new; the same flags "
             "and token give the same member and cluster IDs) or join through the peers (state existing)%s; "
-            "either way it needs a live quorum to catch up" % (", serving the db's old keyspace meanwhile"
-                                                                if db else ""),
+            "either way it needs a live quorum to catch up" % (
+                ", serving the db's old keyspace meanwhile" if db else ""),
             "this member's whole log", REBUILD, stage=STAGE_NEW, etcd_start=NEW_MEMBER))
         result.update(files={"wal": wal_names or [], "snap": snap_names}, snapshots=[], snapshot_loaded=None,
                       wal=None, log={"last_index": None, "last_term": None, "hard_state": None, "snapshot_index": 0,
@@ -134,7 +134,9 @@ def _finish(result, db, problems, path):
     result["layout"] = "3.6" if db.get("storage_version") else ("3.5" if db.get("term") is not None else "3.4")
     result["running"] = is_running(path)
     result["verdict"] = verdict(problems)
-    result["etcd_start"] = predict_start(problems)
+    result["prediction"] = predict_start(problems)
+    if result["prediction"]["starts"]:
+        result["prediction"]["last_index"] = (result.get("log") or {}).get("last_index")
 
 
 def predict_start(problems):
@@ -143,11 +145,12 @@ def predict_start(problems):
     changes = []
     for _stage, _seq, problem in sorted((p["stage"], i, p) for i, p in enumerate(problems)):
         if problem["etcd_start"] != STARTS:
-            return {"outcome": problem["etcd_start"], "error": problem["etcd_error"], "file": problem["file"],
-                    "because": problem["message"], "changes": changes}
+            return {"starts": False, "outcome": problem["etcd_start"], "error": problem["etcd_error"],
+                    "file": problem["file"], "reason": problem["message"], "changes": changes, "last_index": None}
         if problem["etcd_change"]:
             changes.append(problem["etcd_change"])
-    return {"outcome": STARTS, "error": None, "file": None, "because": None, "changes": changes}
+    return {"starts": True, "outcome": STARTS, "error": None, "file": None, "reason": None, "changes": changes,
+            "last_index": None}
 
 
 def _public_snapshot(snap):
@@ -340,8 +343,8 @@ def _wal_problems(scan, read_from, loaded, wals):
                 ERROR, error["file"], "%s in %s" % (error["message"], where),
                 "refuse to start%s (etcd checks every WAL file at start, wal.ValidSnapshotEntries, and cannot "
                 "repair this)" % said,
-                "every entry after the failing record that this member holds%s" % ("; " + good if error["in_read_all"]
-                                                                                  else ""),
+                "every entry after the failing record that this member holds%s" % (
+                    "; " + good if error["in_read_all"] else ""),
                 REBUILD + "; if no member is further ahead, truncating the WAL at offset %d (after archiving) keeps "
                 "what comes before it" % error["offset"], offset=error["offset"], stage=STAGE_WAL_CHECK,
                 etcd_start=REFUSES, etcd_error=error["etcd_error"]))

@@ -22,7 +22,7 @@ description:
     C(.snap) file's CRC-32C, the bbolt meta pages (FNV-1a checksums) and walks the whole bbolt
     page tree.
   - Every problem names the file, the byte offset, what etcd itself would do at start, what data
-    would be lost, and the remedy. RV(member.etcd_start) predicts the start as a whole, in etcd's
+    would be lost, and the remedy. RV(member.prediction) predicts the start as a whole, in etcd's
     own order (it starts, refuses, panics or bootstraps a new member; the error it prints; the
     files it changes on the way, such as a truncated torn WAL tail). The prediction follows
     etcd 3.4.10 and later (and 3.5), and is checked by starting etcd 3.4.23 on damaged copies.
@@ -174,17 +174,19 @@ member:
           C(etcd_change) the file change etcd makes for it at start (truncate, rename, replace), or null.
       type: list
       elements: dict
-    etcd_start:
+    prediction:
       description:
-        - What etcd does when started on this directory, in its own start-up order, C(outcome) V(starts),
-          V(refuses) (logs a fatal error, exits 1), V(panics) (a Go panic or memory fault, exits 2) or
-          V(new-member) (no WAL - bootstraps a fresh log); C(error) the text it prints (or null when it
-          cannot be predicted, as for a memory fault); C(file) and C(because) the problem that decides;
-          C(changes) the files it changes before that (truncates a torn WAL tail keeping a .broken copy,
-          renames a broken .snap, moves a .snap.db over the db).
+        - What etcd does when started on this directory, replayed in its own start-up order and checked
+          against etcd 3.4.23 started on damaged copies (docs/etcd_facts.md has the measured table).
+        - C(outcome) is V(starts), V(refuses) (logs a fatal error, exits 1), V(panics) (a Go panic or a memory
+          fault, exits 2) or V(new-member) (no WAL, so it bootstraps a fresh log); C(starts) is true for
+          V(starts); C(error) is the text etcd prints (null when it cannot be predicted, as for a memory fault);
+          C(file) and C(reason) name the problem that decides; C(changes) are the files it changes before that
+          (truncates a torn WAL tail keeping a .broken copy, renames a broken .snap, moves a .snap.db over the
+          db); C(last_index) is the last log index it keeps when it starts.
         - Starting is not serving. A member that lost quorum starts and serves nothing.
       type: dict
-      sample: {"outcome": "starts", "error": null, "file": null, "because": null,
+      sample: {"starts": true, "outcome": "starts", "error": null, "file": null, "reason": null, "last_index": 2511,
                "changes": [{"action": "truncate", "file": "0000000000000000-0000000000000000.wal", "offset": 405128,
                             "keep": "0000000000000000-0000000000000000.wal.broken"}]}
     running:
