@@ -272,6 +272,8 @@ def _inspect_wal(wal_dir, wals, snapshots, full, problems):
         found.insert(0, first)
     elif error is not None:
         keep_from, first = error_at + 1, next(p for p in found if p["stage"] == STAGE_WAL_CHECK)
+        if gap is not None:  # etcd stops at the error first; the gap is there all the same
+            found.append(_gap_problem(wals, gap))
     else:
         problems.extend(found)
         return scan, read_from, loaded, wals
@@ -420,10 +422,10 @@ def _backend_problems(db, names, loaded, problems):
                                      stage=STAGE_BACKEND))
             return
         consistent_index, what = 0, "the bbolt db is missing (etcd creates an empty one)"
-    elif db["meta_used"] is None or db["consistent_index"] is None:
-        return
+    elif db["meta_used"] is None or db["errors"]:
+        return  # etcd panics opening it (step 1)
     else:
-        consistent_index = db["consistent_index"]
+        consistent_index = db["consistent_index"] or 0  # no key: etcd reads 0
         what = "db is at consistent_index %s" % consistent_index
     if not loaded or loaded["index"] <= consistent_index:
         return

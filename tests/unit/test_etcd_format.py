@@ -187,6 +187,17 @@ def test_missing_wal_before_the_snapshot_file_is_repairable_by_archiving_the_old
     assert facts["prediction"]["error"] == "wal: crc mismatch" and facts["log"]["last_index"] is None
 
 
+def test_a_crc_break_before_a_gap_is_what_etcd_reports_and_the_gap_is_listed_too(tmp_path):
+    wal = eb.simple_wal(entries=12, files=4)
+    file_no, offset = wal.offsets[4]
+    wal.files[file_no][1][offset + 12] ^= 0x01
+    path = _dir(tmp_path, wal)
+    os.remove(os.path.join(path, "member", "wal", wal.files[2][0]))
+    facts, errors = _inspect(path)
+    assert facts["prediction"]["error"] == "walpb: crc mismatch" and facts["prediction"]["file"] == wal.files[0][0]
+    assert [e["file"] for e in errors] == [wal.files[0][0], wal.files[3][0]] and facts["verdict"] == "unusable"
+
+
 def test_a_purged_prefix_is_not_a_gap(tmp_path):
     wal, snaps = _four_files_snapshot_in_the_third()
     path = _dir(tmp_path, wal, snaps, eb.etcd_db(consistent_index=10))
