@@ -4,7 +4,10 @@ Oracles: `etcdctl snapshot status` on a copy of the same db (revision, key count
 `etcdctl endpoint status` of the member while it ran (raft index and term), including a member
 that runs alone (--force-new-cluster on a scratch copy); a member that campaigned while cut off
 ranks below the members with the longer log. The corruption matrix damages scratch copies of a
-real member directory. The module runs over SSH and must leave every byte and file time alone.
+real member directory, and etcd itself is started on each (tests/etcd_oracle.py) to check what
+the module predicts it does; so is a real four-file WAL with a file missing. `online` is checked
+against a member that answers and several that do not. The module runs over SSH and must leave
+every byte and file time alone.
 """
 from __future__ import annotations
 
@@ -384,7 +387,7 @@ def _oracle_row(case, member, plain, force):
 
 
 def test_real_etcd_start_on_every_damaged_copy_does_what_etcd_facts_predicts(lab, tmp_path_factory):
-    """The oracle for `etcd_would`/`etcd_start`: etcd 3.4.23 itself, started on a scratch copy of
+    """The oracle for `prediction` and `etcd_would`: etcd 3.4.23 itself, started on a scratch copy of
     each damaged directory inside h1, with every lab member stopped and h1 cut off, so a copy that
     knows the cluster's peers reaches none of them."""
     source, db_before = tmp_path_factory.getbasetemp() / "etcd-real", tmp_path_factory.getbasetemp() / "db.before"
