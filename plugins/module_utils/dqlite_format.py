@@ -24,6 +24,8 @@ import struct
 import subprocess
 import zlib
 
+from ansible_collections.quorum.recovery.plugins.module_utils.ondisk import FormatError
+
 try:  # the lz4 Python binding (Debian python3-lz4), if the member has it: liblz4 in-process
     import lz4.frame as _lz4_frame
 except ImportError:  # the standard library alone still checks every frame, only slower
@@ -46,14 +48,6 @@ CLOSED_SEGMENT_RE = re.compile(r"^(\d{16})-(\d{16})$")
 OPEN_SEGMENT_RE = re.compile(r"^open-(\d+)$")
 SNAPSHOT_RE = re.compile(r"^snapshot-(\d+)-(\d+)-(\d+)$")
 SNAPSHOT_META_RE = re.compile(r"^snapshot-(\d+)-(\d+)-(\d+)\.meta$")
-
-
-class FormatError(ValueError):
-    """Bytes that are not what raft would accept; the message says what and where."""
-
-    def __init__(self, message, offset=None):
-        super().__init__(message)
-        self.offset = offset
 
 
 # ---------------------------------------------------------------------------- checksum

@@ -23,6 +23,8 @@ import json
 import re
 import struct
 
+from ansible_collections.quorum.recovery.plugins.module_utils.ondisk import FormatError
+
 RECORD_METADATA, RECORD_ENTRY, RECORD_STATE, RECORD_CRC, RECORD_SNAPSHOT = 1, 2, 3, 4, 5
 RECORD_TYPES = {RECORD_METADATA: "metadata", RECORD_ENTRY: "entry", RECORD_STATE: "state", RECORD_CRC: "crc",
                 RECORD_SNAPSHOT: "snapshot"}
@@ -34,14 +36,6 @@ WAL_SEGMENT_SIZE = 64 * 1000 * 1000
 WAL_NAME_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
 SNAP_NAME_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.snap$")
 SNAP_DB_NAME_RE = re.compile(r"^([0-9a-f]{16})\.snap\.db$")
-
-
-class FormatError(ValueError):
-    """Bytes that etcd would not accept; the message says what and where."""
-
-    def __init__(self, message, offset=None):
-        super().__init__(message)
-        self.offset = offset
 
 
 # ---------------------------------------------------------------------------- CRC-32C
