@@ -143,8 +143,8 @@ class ActionModule(ActionBase):
             size = os.path.getsize(local)
             rate = size / seconds if seconds > 0 else 0.0
             verb = "sent" if phase == "send" else "fetched"
-            display.display("%s: %s %s in %.1f s (%s/s)" % (who, verb, prog.human_bytes(size), seconds,
-                                                             prog.human_bytes(rate)))
+            display.display("%s: %s %s in %.1f s (%s/s)"
+                            % (who, verb, prog.human_bytes(size), seconds, prog.human_bytes(rate)))
             result["transfer"] = dict(bytes=size, seconds=round(seconds, 3), rate=round(rate, 1))
         else:
             display.display("%s: %s already holds the same file (same checksum); nothing moved"

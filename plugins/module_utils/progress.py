@@ -75,8 +75,8 @@ def format_summary(host, phases):
             parts.append("waited %.1f s for an earlier run of this step to finish" % seconds)
             continue
         rate = item["bytes"] / seconds if seconds > 0 else 0.0
-        parts.append("%s %s in %.1f s (%s/s)" % (item["phase"], human_bytes(item["bytes"]), seconds,
-                                                   human_bytes(rate)))
+        parts.append("%s %s in %.1f s (%s/s)"
+                     % (item["phase"], human_bytes(item["bytes"]), seconds, human_bytes(rate)))
     return "%s: done: %s" % (host, "; ".join(parts) if parts else "nothing to read or write")
 
 

@@ -49,7 +49,7 @@ def test_the_file_keeps_only_the_newest_records(tmp_path):
     path = tmp_path / "progress.json"
     progress = prog.Progress(str(path), interval=0)
     progress.phase("verify", 100)
-    for _ in range(100):
+    for _step in range(100):
         progress.advance(1)
     records = prog.parse_records(path.read_text())
     assert len(records) == prog.KEEP
