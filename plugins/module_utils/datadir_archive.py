@@ -54,8 +54,9 @@ def sha256_file(path, progress=NO_PROGRESS):
 
 
 @contextlib.contextmanager
-def locked(directory, on_wait=None, interval=1.0):
-    """Hold an exclusive lock on `directory` (flock on the directory itself: no lock file).
+def locked(directory, on_wait=None, interval=1.0, shared=False):
+    """Hold a lock on `directory` (flock on the directory itself: no lock file); exclusive for
+    a writer, `shared` for a reader that must not see a writer's work half done.
 
     While another process holds it (an asynchronous run left working by an interrupted
     playbook), waits, calling on_wait(seconds waited so far) every `interval` seconds; yields
@@ -66,7 +67,7 @@ def locked(directory, on_wait=None, interval=1.0):
         began, waited = time.monotonic(), 0.0
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 waited = time.monotonic() - began

@@ -11,13 +11,18 @@ async jobs on lab hosts over real SSH.
   job runs, not after it: the first line between 0% and 100% arrives seconds before the task's
   result; the fetch and the push print how far the file got while it moves.
 - ansible-runner's stdout and its job events (type "verbose", what AWX displays) hold the lines.
+- Since a killed playbook leaves its background jobs working, dqlite_facts on a stopped member
+  waits while a restore holds the data directory's lock (never reads it half restored), and does
+  not wait where dqlite runs.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import subprocess
+import threading
 import time
 
 import pytest
@@ -163,3 +168,30 @@ def test_ansible_runner_shows_the_lines_as_awx_does(lab, big_folder, tmp_path):
     events = [json.loads(p.read_text()) for p in private.glob("artifacts/*/job_events/*.json")]
     shown = [e["stdout"] for e in events if e.get("event") == "verbose" and "[big archive]" in e.get("stdout", "")]
     assert any(LINE.match(s) for s in shown) and any(SUMMARY.match(s) for s in shown), shown
+
+
+def _facts_seconds(lab, host, holding_for):
+    """Seconds dqlite_facts takes on `host` while this process holds the data directory's lock
+    (as a restore left working by an interrupted playbook does) for `holding_for` seconds."""
+    fd = os.open(host.real_path(host.dqlite_data_dir), os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    release = threading.Timer(holding_for, os.close, [fd])
+    release.start()
+    try:
+        began = time.monotonic()
+        run_ansible("ansible", host.name, "-m", "quorum.recovery.dqlite_facts",
+                    "-a", "path=%s depth=quick" % host.dqlite_data_dir, inventory=lab.inventory_path)
+        return time.monotonic() - began
+    finally:
+        release.join()
+
+
+def test_facts_never_read_a_directory_a_restore_holds(lab):
+    h1, h2 = lab.hosts()[:2]
+    lab.service(h1, "dqlite", "stop")  # a restore only runs on a stopped member
+    try:
+        assert _facts_seconds(lab, h1, 4.0) >= 3.5
+    finally:
+        lab.service(h1, "dqlite", "start")
+    # where dqlite runs, no restore of ours can be at work: read at once, whatever holds a lock
+    assert _facts_seconds(lab, h2, 8.0) < 7.0
