@@ -23,12 +23,11 @@ _POLL_FAILURES = 5
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _requires_connection = True
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         del tmp
-        validation, args = self.validate_argument_spec(argument_spec=dict(
+        _validation, args = self.validate_argument_spec(argument_spec=dict(
             jid=dict(type="str", required=True),
             progress_file=dict(type="str"),
             label=dict(type="str", default=""),
