@@ -50,9 +50,13 @@ class ActionModule(ActionBase):
             time.sleep(_FIRST_SLEEPS[looks] if looks < len(_FIRST_SLEEPS) else max(0.1, args["interval"]))
             looks += 1
             try:
-                if args["progress_file"]:
-                    shown = self._show_new_records(args["progress_file"], shown, host, args["label"], task_vars)
                 status = self._async_status(args["jid"], "status", async_dir, task_vars)
+                ended = bool(status.get("finished") or status.get("failed"))
+                if args["progress_file"]:
+                    # once the job ended (maybe between two looks), its start, end and waits are
+                    # in the summary: show only what happened midway
+                    shown = self._show_new_records(args["progress_file"], shown, host, args["label"], task_vars,
+                                                   ended)
                 failures = 0
             except AnsibleConnectionFailure as exc:
                 # a blip on a long job must not end the play while the job goes on working
@@ -62,17 +66,14 @@ class ActionModule(ActionBase):
                 display.vvv("%s: progress_wait: look %d failed (%s), trying again" % (host, looks, exc))
                 self._connection.reset()
                 continue
-            if status.get("finished") or status.get("failed"):
+            if ended:
                 break
             if deadline is not None and time.monotonic() > deadline:
                 return dict(failed=True, ansible_job_id=args["jid"],
                             msg="job %s still runs after %d s; it goes on working on %s (a re-run waits for it)"
                             % (args["jid"], args["timeout"], host))
-        if args["progress_file"]:
-            # a short step can end between two looks: show what it recorded, then remove the file
-            shown = self._show_new_records(args["progress_file"], shown, host, args["label"], task_vars)
-            if not self._task.check_mode:
-                self._low_level_execute_command("rm -f -- %s" % shlex.quote(args["progress_file"]))
+        if args["progress_file"] and not self._task.check_mode:
+            self._low_level_execute_command("rm -f -- %s" % shlex.quote(args["progress_file"]))
         if status.get("finished"):
             self._async_status(args["jid"], "cleanup", async_dir, task_vars)
         if not status.get("failed") and status.get("progress"):
@@ -86,15 +87,17 @@ class ActionModule(ActionBase):
         return self._execute_module(module_name="ansible.legacy.async_status", task_vars=task_vars,
                                     module_args=dict(jid=jid, mode=mode, _async_dir=async_dir))
 
-    def _show_new_records(self, path, shown, host, label, task_vars):
-        """Print the records not shown yet; `shown` is ((pid, seq), record) of the last one seen."""
+    def _show_new_records(self, path, shown, host, label, task_vars, ended=False):
+        """Print the records not shown yet; `shown` is ((pid, seq), record) of the last one seen.
+
+        Once the job `ended`, only the records from the middle of a phase."""
         read = self._execute_module(module_name="ansible.legacy.slurp", module_args=dict(src=path),
                                     task_vars=task_vars)
         if read.get("failed") or "content" not in read:
-            return shown  # not written yet, or already removed by the finished job
+            return shown  # not written yet
         text = base64.b64decode(read["content"]).decode("utf-8", "replace")
         for record in prog.newer(prog.parse_records(text), shown[0] if shown else None):
-            if prog.worth_showing(record, shown[1] if shown else None):
+            if prog.worth_showing(record, shown[1] if shown else None) and not (ended and not prog.midway(record)):
                 display.display(prog.format_line(host, record, label))
             shown = ((record.get("pid"), record.get("seq", 0)), record)
         return shown

@@ -107,8 +107,9 @@ class ActionModule(ActionBase):
         host = task_vars.get("inventory_hostname", "?") if task_vars else "?"
         who = "%s [%s]" % (host, args["label"]) if args["label"] else host
         if args["direction"] == "push":
-            action_name, phase, local = "ansible.legacy.copy", "send", args["src"]
-            inner = dict(src=args["src"], dest=args["dest"], mode=args["mode"])
+            src = args["src"] if os.path.isabs(args["src"]) else self._find_needle("files", args["src"])
+            action_name, phase, local = "ansible.legacy.copy", "send", src
+            inner = dict(src=src, dest=args["dest"], mode=args["mode"])
             try:
                 total = os.path.getsize(local)
             except OSError as exc:
@@ -126,7 +127,8 @@ class ActionModule(ActionBase):
         action = self._shared_loader_obj.action_loader.get(
             action_name, task=task, connection=self._connection, play_context=self._play_context,
             loader=self._loader, templar=self._templar, shared_loader_obj=self._shared_loader_obj)
-        watcher = _Watcher(who, phase, local, total, args["interval"]) if args["interval"] > 0 else None
+        watcher = (_Watcher(who, phase, local, total, args["interval"])
+                   if args["interval"] > 0 and not self._task.check_mode else None)
         began = time.monotonic()
         if watcher:
             watcher.start()
@@ -140,7 +142,7 @@ class ActionModule(ActionBase):
         if result.get("failed") or self._task.check_mode:
             return result
         if result.get("changed"):
-            size = os.path.getsize(local)
+            size = os.path.getsize(result.get("dest", local) if phase == "fetch" else local)
             rate = size / seconds if seconds > 0 else 0.0
             verb = "sent" if phase == "send" else "fetched"
             display.display("%s: %s %s in %.1f s (%s/s)"

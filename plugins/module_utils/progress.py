@@ -183,6 +183,12 @@ def newer(records, last):
     return out
 
 
+def midway(record):
+    """Whether the record is from the middle of a phase (some bytes done, not all)."""
+    total = record.get("total")
+    return record.get("phase") != "wait" and bool(total) and 0 < record.get("done", 0) < total
+
+
 def worth_showing(record, previous):
     """False for a record that says nothing new: the same phase and bytes as the one before
     (a phase's closing record after its last read, a wait between two reads)."""

@@ -21,11 +21,12 @@ description:
     C(ansible-playbook) with any stdout callback, and in AWX / ansible-runner job output.
   - Returns the job's own result (as M(ansible.builtin.async_status) does once the job finished),
     so it can be registered in place of the job's task; fails when the job failed. Once the job
-    ended, shows the records it wrote since the last look (a short job can end between two looks),
-    then removes the progress file and the job's status file.
-  - Looks at the job every O(interval) seconds (the first looks come sooner); each look reads the
-    progress file with M(ansible.builtin.slurp) and the job's status with
-    M(ansible.builtin.async_status). A few failed looks in a row (a network blip) are retried.
+    ended, shows the records from the middle of a phase that it wrote since the last look (a short
+    job can end between two looks; its starts and ends are in the summary line), then removes the
+    progress file and the job's status file.
+  - Looks at the job every O(interval) seconds (the first looks come sooner); each look asks for
+    the job's status with M(ansible.builtin.async_status) and reads the progress file with
+    M(ansible.builtin.slurp). A few failed looks in a row (a network blip) are retried.
   - This is an action plugin; it runs on the controller.
 author:
   - quorum.recovery maintainers (@quorum-recovery)

@@ -33,7 +33,8 @@ author:
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
+    support: partial
+    details: V(push) predicts as M(ansible.builtin.copy) does; V(fetch) is skipped in check mode, as M(ansible.builtin.fetch) is.
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none

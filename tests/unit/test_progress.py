@@ -132,6 +132,10 @@ def test_format_summary_and_worth_showing():
     assert not prog.worth_showing({"phase": "extract", "done": 9, "seq": 4}, end)
     assert prog.worth_showing({"phase": "check", "done": 9}, end)
     assert prog.worth_showing(end, None)
+    assert prog.midway({"phase": "extract", "done": 5, "total": 9})
+    assert not prog.midway({"phase": "extract", "done": 9, "total": 9})
+    assert not prog.midway({"phase": "extract", "done": 0, "total": 9})
+    assert not prog.midway({"phase": "wait", "elapsed": 3})
 
 
 def _datadir(root, sizes):
