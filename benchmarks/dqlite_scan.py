@@ -1,17 +1,22 @@
 """Full-depth scan of a ~1 GiB dqlite data directory against `cat` of the same files.
 
-    python3 benchmarks/dqlite_scan.py [--dir DIR] [--size-mib 1024] [--runs 5]
+    python3 benchmarks/dqlite_scan.py [--shape segments|snapshots] [--dir DIR] [--runs 3]
+                                      [--engines library,tool,python] [--cold]
 
-Builds the directory once (if DIR has no segments): 8 MiB closed segments of one-entry
-batches with 8 KiB payloads (the size of a dqlite WAL frame batch for a small write), an open
-segment, metadata, and a 64 MiB snapshot compressed by the real `lz4` tool (an LZ4 frame
-with 64 KiB independent blocks, content size and content checksum, as raft's
-compress.c asks liblz4 for). The segments are encoder-built with the
-format written by tests/dqlite_builder.py, using the collection's own CRC for speed (the unit
-tests check it bit for bit against the slow reference). Then, warm cache, several runs of:
-`cat FILES > /dev/null`, inspect_datadir(depth=full), inspect_datadir(depth=quick), and the
-parts (closed segments only, the snapshot's LZ4 frame only; its MiB/s counts DECODED bytes).
-Prints a JSON summary.
+Two shapes of ~1 GiB, each built once into DIR (default /var/tmp/dqlite-bench-SHAPE):
+- `segments`: the worst case for the reader: 8 MiB closed segments of one-entry batches with
+  8 KiB payloads (~1 GiB), an open segment, and one 64 MiB snapshot that lz4 squeezes to a few MB.
+- `snapshots`: what a busy dqlite member actually holds: raft keeps only ~8,192 trailing
+  entries (~80 MiB of segments at 8 KiB a write), the rest is its two newest snapshots, here
+  ~470 MiB each on disk (SQLite-like pages, half random bytes, LZ4 frames from the real lz4 tool
+  with raft's settings: 64 KiB blocks, content size, content checksum).
+Segments are encoder-built with the format in tests/dqlite_builder.py, using the collection's
+own CRC (the unit tests check it bit for bit against the slow reference).
+
+Then several runs of: `cat FILES > /dev/null`, inspect_datadir(depth=full) with each LZ4 engine
+asked for, and inspect_datadir(depth=quick). Warm page cache by default; with --cold the page
+cache is dropped (/proc/sys/vm/drop_caches, root) before every run of everything, so each run
+reads from the disk as after a power cut. Prints a JSON summary.
 """
 from __future__ import annotations
 
@@ -47,7 +52,22 @@ def _page(rng, index):
     return (row * 8).ljust(PAYLOAD, b"\0")
 
 
-def build(directory: Path, size_mib: int) -> None:
+def _lz4_snapshot(directory: Path, name: str, pages, count: int, page_size: int) -> None:
+    raw = directory / "snapshot.raw"
+    with open(raw, "wb") as handle:
+        for i in range(count):
+            handle.write(pages[i % len(pages)][:page_size])
+    subprocess.run(["lz4", "-q", "-f", "-B4", "--content-size", str(raw), str(directory / name)], check=True)
+    raw.unlink()
+
+
+def _write_meta(directory: Path, name: str, conf: bytes) -> None:
+    tail = struct.pack("<QQ", 1, len(conf))
+    meta = struct.pack("<QQ", 1, fmt.crc32(conf, fmt.crc32(tail))) + tail + conf
+    (directory / (name + ".meta")).write_bytes(meta)
+
+
+def build(directory: Path, size_mib: int, shape: str = "segments") -> None:
     directory.mkdir(parents=True, exist_ok=True)
     rng = random.Random(1)
     (directory / "metadata1").write_bytes(struct.pack("<4Q", 1, 1, 2, 1))
@@ -58,6 +78,8 @@ def build(directory: Path, size_mib: int) -> None:
     conf += b"\0" * (-len(conf) % 8)
     snapshot_bytes = 64 * 1024 * 1024
     budget = size_mib * 1024 * 1024 - snapshot_bytes // 2
+    if shape == "snapshots":
+        budget = 80 * 1024 * 1024
     index, written = 1, 0
     pages = [_page(rng, i) for i in range(64)]
     while written + SEGMENT <= budget:
@@ -78,80 +100,89 @@ def build(directory: Path, size_mib: int) -> None:
         (directory / ("%016d-%016d" % (first, index - 1))).write_bytes(b"".join(body))
         written += size
     snap_index = index - 1000
-    raw = directory / "snapshot.raw"
-    with open(raw, "wb") as handle:
-        for i in range(snapshot_bytes // 4096):
-            handle.write(pages[i % 64][:4096])
-    name = "snapshot-2-%d-123456" % snap_index
-    subprocess.run(["lz4", "-q", "-f", "-B4", "--content-size", str(raw), str(directory / name)], check=True)
-    raw.unlink()
-    tail = struct.pack("<QQ", 1, len(conf))
-    meta = struct.pack("<QQ", 1, fmt.crc32(conf, fmt.crc32(tail))) + tail + conf
-    (directory / (name + ".meta")).write_bytes(meta)
+    if shape == "snapshots":
+        # SQLite-like 4 KiB pages, half random bytes, 256 KiB before a page repeats (past LZ4's
+        # 64 KiB window): lz4 halves them; two snapshots fill the rest
+        half = [bytes(rng.getrandbits(8) for _b in range(2048)) for _i in range(64)]
+        pages = [h + (b"row%05d" % i) * 256 for i, h in enumerate(half)]
+        pages = [p[:4096] for p in pages]
+        each = (size_mib * 1024 * 1024 - budget) // 2
+        for n, snap in enumerate((snap_index - 1024, snap_index)):
+            count = each * 2 // 4096  # compressed to about half
+            name = "snapshot-2-%d-12345%d" % (snap, n)
+            # vary the content between the two snapshots and across pages
+            variants = [bytes(b ^ ((i * 7 + n) & 0xFF) for b in p[:64]) + p[64:] for i, p in enumerate(pages)]
+            _lz4_snapshot(directory, name, variants, count, 4096)
+            _write_meta(directory, name, conf)
+    else:
+        name = "snapshot-2-%d-123456" % snap_index
+        _lz4_snapshot(directory, name, pages, snapshot_bytes // 4096, 4096)
+        _write_meta(directory, name, conf)
     opened = [struct.pack("<Q", 1)] + [_batch(2, pages[i % 64]) for i in range(100)]
     blob = b"".join(opened)
     (directory / "open-1").write_bytes(blob + b"\0" * (SEGMENT - len(blob)))
 
 
-def _timed(call, runs):
-    times = []
-    for _run in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return times
+def _drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as handle:
+        handle.write("3\n")
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dir", default="/var/tmp/dqlite-bench")
+    parser.add_argument("--shape", choices=["segments", "snapshots"], default="segments")
+    parser.add_argument("--dir")
     parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--engines", default="library,tool,python",
+                        help="LZ4 engines for the full scan, comma-separated (python is slow on snapshots)")
+    parser.add_argument("--cold", action="store_true", help="drop the page cache before every run (root)")
     args = parser.parse_args()
-    directory = Path(args.dir)
+    directory = Path(args.dir or "/var/tmp/dqlite-bench-%s" % args.shape)
     if not directory.is_dir() or not any(fmt.CLOSED_SEGMENT_RE.match(n) for n in os.listdir(directory)):
         start = time.perf_counter()
-        build(directory, args.size_mib)
+        build(directory, args.size_mib, args.shape)
         print("built %s in %.1f s" % (directory, time.perf_counter() - start), file=sys.stderr)
     files = sorted(str(p) for p in directory.iterdir())
     total = sum(os.path.getsize(f) for f in files)
-    snapshot = [f for f in files if fmt.SNAPSHOT_RE.match(os.path.basename(f))][0]
+    snapshots = [f for f in files if fmt.SNAPSHOT_RE.match(os.path.basename(f))]
 
     def cat():
         subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)
 
-    def scan(depth):
-        member = dqlite_datadir.inspect_datadir(str(directory), depth)
+    def scan(depth, engine="auto"):
+        member = dqlite_datadir.inspect_datadir(str(directory), depth, lz4=engine)
         assert member["verdict"] == "healthy", member["problems"]
+        if depth == "full":
+            assert {s["data"]["checked_by"] for s in member["snapshots"]} == {engine}, member["snapshots"]
 
-    def snapshot_only():
-        with open(snapshot, "rb") as handle:
-            fmt.verify_lz4_frame(handle.read(), full=True)
+    def timed(call, runs):
+        times = []
+        for _run in range(runs):
+            if args.cold:
+                _drop_caches()
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        return times
 
-    def segments_only():
-        for name in files:
-            if fmt.CLOSED_SEGMENT_RE.match(os.path.basename(name)):
-                with open(name, "rb") as handle:
-                    assert fmt.parse_segment(handle.read(), full=True)["error"] is None
-
-    cat()  # warm the cache
-    results = {"cat": _timed(cat, args.runs), "full": _timed(lambda: scan("full"), args.runs),
-               "segments_only_full": _timed(segments_only, args.runs),
-               "quick": _timed(lambda: scan("quick"), args.runs),
-               "snapshot_lz4_full": _timed(snapshot_only, max(1, args.runs // 2))}
-    snap_size = os.path.getsize(snapshot)
-    with open(snapshot, "rb") as handle:
-        decoded = fmt.verify_lz4_frame(handle.read())["decoded_size"]
+    if not args.cold:
+        cat()  # warm the cache
+    results = {"cat": timed(cat, args.runs), "quick": timed(lambda: scan("quick"), args.runs)}
+    for engine in args.engines.split(","):
+        runs = 1 if engine == "python" and args.shape == "snapshots" else args.runs
+        results["full_" + engine] = timed(lambda engine=engine: scan("full", engine), runs)
     summary = {
         "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
-                    "kernel": platform.release()},
-        "data_dir": {"files": len(files), "bytes": total, "snapshot_bytes": snap_size,
-                     "snapshot_decoded_bytes": decoded},
+                    "kernel": platform.release(), "loadavg_before": os.getloadavg()},
+        "shape": args.shape, "cache": "cold" if args.cold else "warm",
+        "data_dir": {"path": str(directory), "files": len(files), "bytes": total,
+                     "snapshot_bytes": sum(os.path.getsize(f) for f in snapshots)},
         "seconds": {k: [round(t, 3) for t in v] for k, v in results.items()},
-        "best_mib_per_s": {k: round((decoded if k.startswith("snapshot") else total) / min(v) / 2 ** 20, 1)
-                           for k, v in results.items()},
+        "best_mib_per_s": {k: round(total / min(v) / 2 ** 20, 1) for k, v in results.items()},
+        "best_vs_cat": {k: round(min(results["cat"]) / min(v), 3) for k, v in results.items()},
     }
-    summary["full_vs_cat"] = round(min(results["cat"]) / min(results["full"]), 3)
     print(json.dumps(summary, indent=1))
 
 

@@ -1,4 +1,4 @@
-"""Command line of the lab: python3 -m lab {up,down,status,kill,partition,heal,corrupt,churn,exec}."""
+"""Command line of the lab: python3 -m lab {up,down,status,kill,partition,heal,readdress,corrupt,churn,exec}."""
 import argparse
 import json
 import sys
@@ -27,6 +27,9 @@ def main(argv=None) -> int:
     p.add_argument("service", choices=["etcd", "dqlite"])
     for name in ("partition", "heal"):
         sub.add_parser(name, help="%s a host's link" % name).add_argument("host")
+    p = sub.add_parser("readdress", help="give a host a new address (engines stopped on it first)")
+    p.add_argument("host")
+    p.add_argument("address", help="a free address of the lab subnet")
     p = sub.add_parser("corrupt", help="flip bytes at an offset, or truncate, a file as a host sees it")
     p.add_argument("host")
     p.add_argument("path")
@@ -63,6 +66,9 @@ def main(argv=None) -> int:
             lab.partition(lab.host(args.host))
         elif args.cmd == "heal":
             lab.heal(lab.host(args.host))
+        elif args.cmd == "readdress":
+            host = lab.readdress(lab.host(args.host), args.address)
+            print("%s is now %s (dqlite %s)" % (host.name, host.address, host.dqlite_address))
         elif args.cmd == "corrupt":
             print(json.dumps(lab.corrupt(lab.host(args.host), args.path, args.offset, args.flip, args.truncate)))
         elif args.cmd == "churn":

@@ -131,9 +131,11 @@ class Lab:
 
     # ----------------------------------------------------------------- layout
     def hosts(self, count: int | None = None) -> list[Host]:
+        recorded = self._recorded()
         if count is None:
-            count = self._recorded().get("hosts", 0)
-        return [Host("h%d" % i, i, str(self.subnet.network_address + 10 + i), self.state)
+            count = recorded.get("hosts", 0)
+        moved = recorded.get("addresses", {})  # hosts given a new address by readdress()
+        return [Host("h%d" % i, i, moved.get("h%d" % i, str(self.subnet.network_address + 10 + i)), self.state)
                 for i in range(1, count + 1)]
 
     def host(self, name: str) -> Host:
@@ -210,7 +212,8 @@ class Lab:
         self._preflight()
         self.down()  # whatever a crashed run left behind
         hosts = self.hosts(count)
-        self._record(hosts=count, subnet=str(self.subnet), created=[], up=False)
+        self._record(hosts=count, subnet=str(self.subnet), created=[], up=False, addresses={},
+                     etcd_snapshot_count=etcd_snapshot_count)
         try:
             self._make_dirs(hosts)
             for host in hosts:  # mount namespaces first, so none holds a netns mount
@@ -321,7 +324,6 @@ class Lab:
         if not self.ssh_key.exists():
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "qrlab", "-f", self.ssh_key])
         pub = Path(str(self.ssh_key) + ".pub").read_text()
-        known = []
         for host in hosts:
             etc = host.private("etc")
             key = etc / "ssh_host_ed25519_key"
@@ -344,11 +346,18 @@ class Lab:
                 "MaxSessions 50",
                 ""]))
             self.exec(host, ["/usr/sbin/sshd", "-f", "/etc/qrlab/sshd_config"])
-            known.append("%s %s" % (host.address, " ".join(Path(str(key) + ".pub").read_text().split()[:2])))
-        (self.state / "ssh" / "known_hosts").write_text("\n".join(known) + "\n")
+        self._write_known_hosts()
         for host in hosts:
             self._wait(lambda h=host: self.ssh(h, ["true"], check=False).returncode == 0, 20,
                        "sshd on %s" % host.name)
+
+    def _write_known_hosts(self) -> None:
+        known = []
+        for host in self.hosts():
+            key = host.private("etc") / "ssh_host_ed25519_key.pub"
+            if key.exists():
+                known.append("%s %s" % (host.address, " ".join(key.read_text().split()[:2])))
+        (self.state / "ssh" / "known_hosts").write_text("\n".join(known) + "\n")
 
     def ssh_args(self) -> list[str]:
         return ["-i", str(self.ssh_key), "-o", "UserKnownHostsFile=%s" % (self.state / "ssh" / "known_hosts"),
@@ -530,6 +539,58 @@ class Lab:
         finally:
             writer.kill()
             writer.wait()
+
+    def readdress(self, host: Host, new_address: str) -> Host:
+        """The host's address changes, as when a machine moves to another network or DHCP hands
+        it another lease: its link gets the new address and loses the old one, and sshd, the
+        service definitions (dqlite-demo --api/--db, etcd URLs), known_hosts and the inventory
+        follow. The engines' data stays on the host. The go-dqlite app keeps it in
+        <dir>/<db address>, so that directory is renamed to the new address, as the operator who
+        moved the node would do; what is IN it (info.yaml, cluster.yaml, the raft membership)
+        still names the old address: that is what a recovery has to fix. etcd's membership is
+        left naming the old peer URL too. Both engines must be stopped on the host first (a
+        running daemon keeps its old sockets). Returns the host with its new address."""
+        new_ip = ipaddress.ip_address(new_address)
+        taken = {h.address: h.name for h in self.hosts() if h.name != host.name}
+        if (new_ip not in self.subnet or new_ip in (self.subnet.network_address, self.subnet.broadcast_address)
+                or str(new_ip) == self.bridge_address):
+            raise LabError("%s is not a free host address of the lab subnet %s" % (new_ip, self.subnet))
+        if str(new_ip) in taken:
+            raise LabError("%s is already the address of %s" % (new_ip, taken[str(new_ip)]))
+        for service in ("dqlite", "etcd"):
+            if self.service(host, service, "status", check=False).returncode != 3:
+                raise LabError("stop %s on %s before changing its address" % (service, host.name))
+        old = host
+        data_before = old.real_path(old.dqlite_data_dir)
+        moved_host = Host(old.name, old.index, str(new_ip), old.state)
+        data_after = moved_host.real_path(moved_host.dqlite_data_dir)
+        if data_before.exists() and data_after.exists():
+            raise LabError("%s already exists on %s; not moving the dqlite data onto it" % (data_after, old.name))
+        self._close_ssh_masters()  # they point at the old address
+        sshd_pid = (old.private("run") / "qrlab" / "sshd.pid")
+        inside = ["ip", "netns", "exec", old.netns, "ip"]
+        # the old one goes first: deleting a primary address also deletes the secondaries of its subnet
+        run(inside + ["addr", "del", "%s/%d" % (old.address, self.subnet.prefixlen), "dev", "eth0"])
+        run(inside + ["addr", "add", "%s/%d" % (new_ip, self.subnet.prefixlen), "dev", "eth0"])
+        moved = dict(self._recorded().get("addresses", {}), **{old.name: str(new_ip)})
+        self._record(addresses=moved)
+        new = self.host(old.name)
+        self.check_routes([new])
+        # sshd listened on the old address only: end it (the lab started it) and start it anew
+        try:
+            pid = int(sshd_pid.read_text().strip())
+        except (OSError, ValueError):
+            pid = None
+        if pid and self._alive(pid) and pid in self.lab_processes():
+            os.kill(pid, signal.SIGTERM)
+            self._wait(lambda: not self._alive(pid), 10, "sshd (pid %d) on %s to stop" % (pid, old.name))
+        self._start_sshd([new])
+        if data_before.exists():
+            data_before.rename(data_after)
+        hosts = self.hosts()
+        self._write_services(hosts, self._recorded().get("etcd_snapshot_count", 1000))
+        self._write_inventory(hosts)
+        return new
 
     def partition(self, host: Host) -> None:
         run(["ip", "link", "set", host.veth, "down"])

@@ -17,9 +17,12 @@ behaviour measured against real dqlite.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import socket
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_format as fmt
 from ansible_collections.quorum.recovery.plugins.module_utils import proc_holders
@@ -108,8 +111,8 @@ def _inspect_metadata(path, kinds, problems):
     return {"files": files, "current": chosen}
 
 
-def _inspect_snapshots(path, kinds, full, problems):
-    snapshots = []
+def _inspect_snapshots(path, kinds, full, problems, lz4_engine="python"):
+    snapshots, checks = [], []
     for key in sorted(set(kinds["snapshot"]) | set(kinds["meta"])):
         term, index, timestamp = key
         data_name, meta_name = kinds["snapshot"].get(key), kinds["meta"].get(key)
@@ -143,18 +146,27 @@ def _inspect_snapshots(path, kinds, full, problems):
                 "nothing if the log still holds the entries after the previous snapshot", "none needed",
                 index_range=[index, index]))
         else:
-            data = _read(data_path)
-            if fmt.is_lz4_frame(data):
-                try:
-                    entry["data"] = dict(fmt.verify_lz4_frame(data, full=full), format="lz4", ok=True)
-                except fmt.FormatError as exc:
-                    entry["data"] = {"format": "lz4", "ok": False, "error": str(exc), "offset": exc.offset}
-                    entry["status"] = "corrupt"
-            else:
-                entry["data"] = {"format": "raw", "ok": True,
-                                 "note": "uncompressed: raft keeps no checksum of raw snapshot data"}
+            checks.append((entry, data_path))
         snapshots.append(entry)
+    # The contents of every snapshot at once: liblz4 and file reads run without the GIL
+    workers = max(1, min(len(checks), os.cpu_count() or 1)) if full and lz4_engine != "python" else 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for (entry, data_path), data in zip(checks, pool.map(lambda c: _snapshot_data(c[1], full, lz4_engine), checks)):
+            entry["data"] = data
+            if not data["ok"]:
+                entry["status"] = "corrupt"
     return snapshots
+
+
+def _snapshot_data(path, full, lz4_engine):
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if not fmt.is_lz4_frame(magic):
+        return {"format": "raw", "ok": True, "note": "uncompressed: raft keeps no checksum of raw snapshot data"}
+    try:
+        return dict(fmt.check_lz4_file(path, full, lz4_engine), format="lz4", ok=True)
+    except fmt.FormatError as exc:
+        return {"format": "lz4", "ok": False, "error": str(exc), "offset": exc.offset}
 
 
 def _segment_facts(path, name, kind, first, last, full):
@@ -185,11 +197,16 @@ def _segment_facts(path, name, kind, first, last, full):
     return facts
 
 
-def inspect_datadir(path, depth="full", auto_recovery=True):
-    """Everything dqlite_facts reports about one data directory (see the module's RETURN)."""
+def inspect_datadir(path, depth="full", auto_recovery=True, lz4="auto"):
+    """Everything dqlite_facts reports about one data directory (see the module's RETURN).
+
+    lz4 picks what checks snapshot contents (dqlite_format.lz4_engine: auto, library, tool,
+    python); a named engine the host lacks raises ValueError before anything is read."""
     full = depth == "full"
+    lz4_engine = fmt.lz4_engine(lz4)
     problems = []
-    result = {"path": path, "depth": depth, "exists": os.path.isdir(path), "problems": problems}
+    result = {"path": path, "depth": depth, "lz4_engine": lz4_engine if full else None,
+              "exists": os.path.isdir(path), "problems": problems}
     if not result["exists"]:
         problems.append(_problem(ERROR, path, "data directory does not exist", "start as a new empty node",
                                  "everything this member held", "rebuild this member from the winner"))
@@ -201,7 +218,7 @@ def inspect_datadir(path, depth="full", auto_recovery=True):
     result["node_local_files"] = [n for n in names if n in NODE_LOCAL_FILES]
     result["identity"], result["cluster_yaml"] = _read_yaml_files(path, names, problems)
     result["metadata"] = _inspect_metadata(path, kinds, problems)
-    snapshots = _inspect_snapshots(path, kinds, full, problems)
+    snapshots = _inspect_snapshots(path, kinds, full, problems, lz4_engine)
     result["snapshots"] = snapshots
     usable = [s for s in snapshots if s["status"] in ("ok", "corrupt")]
     newest = usable[-1] if usable else None  # raft loads the newest complete pair, good or bad
@@ -229,8 +246,49 @@ def inspect_datadir(path, depth="full", auto_recovery=True):
         problems.append(_problem(WARNING, "join", "this node never finished joining its cluster",
                                  "retry the join at start", "nothing", "rebuild this member from the winner"))
     result["running"] = is_running(path)
+    result["address_local"] = _check_address_local(result["identity"], problems)
     result["verdict"] = verdict(problems)
     return result
+
+
+def address_is_local(address):
+    """Whether this host holds the host part of a dqlite address ("ip:port", "[ip6]:port" or
+    "name:port"): True, False, or None when it cannot tell (no address, a name that does not
+    resolve, an unexpected error). go-dqlite binds that address at start (TLS or not), so a
+    node whose host lost it cannot start. Binds a socket to port 0 on it and closes it: nothing
+    else on the host is touched. A host with net.ipv4.ip_nonlocal_bind=1 binds anything: True."""
+    if not address or ":" not in address:
+        return None
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None
+    unknown = False
+    for family, socktype, proto, _name, sockaddr in infos:
+        try:
+            with socket.socket(family, socktype, proto) as sock:
+                sock.bind((sockaddr[0], 0) + tuple(sockaddr[2:]))
+            return True
+        except OSError as exc:
+            if exc.errno != errno.EADDRNOTAVAIL:
+                unknown = True
+    return None if unknown or not infos else False
+
+
+def _check_address_local(identity, problems):
+    """A member whose host no longer has the address in its info.yaml: the host's address
+    changed (a new DHCP lease, a moved VM). Only a warning here: the data is as good as before,
+    and the recovery gives the member its new address when told which one it is."""
+    local = address_is_local(identity["address"]) if identity else None
+    if local is False:
+        problems.append(_problem(
+            WARNING, "info.yaml", "address %s in info.yaml is not an address of this host (did the host's "
+            "address change?)" % identity["address"],
+            "fail to start: it cannot listen on %s (and go-dqlite refuses a --db address that differs from "
+            "info.yaml)" % identity["address"], "nothing in the database",
+            "recover with the member's new address, so the new membership and info.yaml name it"))
+    return local
 
 
 def _app_refusal(result, names, problems):

@@ -91,6 +91,46 @@ def _is_lost(server, lost, hosts):
     return any(hosts.get(name) == server["address"] for name in names)
 
 
+def _address_reasons(members, current_address, hosts, addresses):
+    """Refusals for addresses that would bring the cluster up broken. A member whose host lost
+    the address its info.yaml names (dqlite_facts' address_local), or whose inventory address
+    (recover_address) differs from it, moved: reconfigured under its old address it would not
+    start (go-dqlite refuses a --db address that differs from info.yaml, and cannot listen on an
+    address its host lacks) and the others would keep calling the old one. Only recover_addresses
+    says what the new address is."""
+    reasons = []
+    for host in sorted(members):
+        facts = members[host] or {}
+        if not facts.get("exists", False):
+            continue
+        old, configured, new = current_address[host], hosts.get(host) or "", addresses.get(host)
+        hint = 'recover_addresses={"%s": "<its new address>:<port>"}' % host
+        if new is None and facts.get("address_local") is False:
+            reasons.append("%s: its dqlite address %s (info.yaml) is not an address of the host any more; if the "
+                           "host's address changed, name the new one with %s, otherwise give the host its address "
+                           "back" % (host, old, hint if not configured or configured == old else
+                                     'recover_addresses={"%s": "%s"}' % (host, configured)))
+        elif new is None and configured and old and configured != old:
+            reasons.append("%s: the inventory's recover_address %s differs from %s in its info.yaml; if the "
+                           "member's address changed, set recover_addresses={\"%s\": \"%s\"}, otherwise correct "
+                           "recover_address" % (host, configured, old, host, configured))
+        elif new is not None and facts.get("new_address_local") is False:
+            reasons.append("recover_addresses gives %s the address %s, which is not an address of that host: "
+                           "dqlite could not listen on it" % (host, new))
+        elif new is not None and configured and configured != new:
+            reasons.append("recover_addresses gives %s the address %s but its recover_address in the inventory is "
+                           "%s: make them agree (the checks after the start connect to recover_address)"
+                           % (host, new, configured))
+    taken = {}
+    for host in sorted(members):
+        address = addresses.get(host, current_address[host])
+        if address and address in taken:
+            reasons.append("%s and %s would both have the address %s in the new membership" % (taken[address], host,
+                                                                                               address))
+        taken.setdefault(address, host)
+    return reasons
+
+
 def _plan_roles(order, old_roles, max_voters):
     """Voters first (the winner, then former voters), an odd count of at most max_voters."""
     voters = max(1, min(max_voters, len(order)))
@@ -124,6 +164,7 @@ def make_plan(members, lost=(), winner=None, addresses=None, hosts=None, max_vot
         if ids[host] is None:
             reasons.append("%s: no info.yaml and its address %s is not in its membership, so its node ID is "
                            "unknown; restore info.yaml or declare it lost" % (host, current_address[host]))
+    reasons += _address_reasons(members, current_address, hosts, addresses)
     groups = _clusters({h: f for h, f in members.items() if (f or {}).get("exists")}, ids)
     if len(groups) > 1:
         reasons.append("members from different clusters (no server ID in common): %s" %
@@ -246,15 +287,20 @@ def make_plan(members, lost=(), winner=None, addresses=None, hosts=None, max_vot
     last_index = win_pos[1]
     reconfigure = {"host": chosen, "expected_last_index": last_index,
                    "segment": "%016d-%016d" % (last_index + 1, last_index + 1)}
+    moved = {s["host"]: s["address"] for s in membership if s["address"] != current_address[s["host"]]}
+    for host in sorted(moved):
+        why.append("%s's address changes from %s to %s (recover_addresses): the new membership names the new one "
+                   "and its info.yaml is rewritten" % (host, current_address[host], moved[host]))
     fates, actions = {}, {}
     for host in survivors:
+        readdress = ["write info.yaml with its new address %s" % moved[host]] if host in moved else []
         if host == chosen:
             fates[host] = "winner"
             actions[host] = ["stop", "safety archive", "write the new membership and run .reconfigure ONCE "
-                             "(appends %s)" % reconfigure["segment"], "archive raft files", "start first"]
+                             "(appends %s)" % reconfigure["segment"], *readdress, "archive raft files", "start first"]
         else:
             fates[host] = "restore from %s" % chosen
-            actions[host] = ["stop", "safety archive", "move its raft files aside",
+            actions[host] = ["stop", "safety archive", *readdress, "move its raft files aside",
                              "restore %s's raft files (keep node-local files)" % chosen, "start"]
     for server in lost_servers:
         fates["node %d (%s)" % (server["id"], server["address"])] = "lost: removed from the membership"
@@ -262,6 +308,7 @@ def make_plan(members, lost=(), winner=None, addresses=None, hosts=None, max_vot
     for host in survivors:
         log = (members[host] or {}).get("log") or {}
         members_table.append({"host": host, "id": ids[host], "address": current_address[host],
+                              "new_address": moved.get(host),
                               "verdict": verdicts[host], "last_term": pos[host][0], "last_index": pos[host][1],
                               "snapshot_index": log.get("snapshot_index") or 0, "fate": fates[host],
                               "new_role": roles[host]})
@@ -294,7 +341,10 @@ def render_table(plan):
     head = ("member", "node id", "address", "verdict", "last term", "last index", "snapshot", "new role", "fate")
     rows = [head]
     for m in plan["members"]:
-        rows.append((m["host"], str(m["id"]), m["address"] or "?", m["verdict"], str(m["last_term"]),
+        address = m["address"] or "?"
+        if m.get("new_address"):
+            address += " -> " + m["new_address"]
+        rows.append((m["host"], str(m["id"]), address, m["verdict"], str(m["last_term"]),
                      str(m["last_index"]), str(m["snapshot_index"]), m["new_role"], m["fate"]))
     for s in plan["lost"]:
         rows.append(("-", str(s["id"]), s["address"], "lost", "-", "-", "-", "-", "removed (declared lost)"))

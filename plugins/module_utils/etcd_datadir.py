@@ -5,11 +5,26 @@
 
 PRIVATE to this collection: may change without notice. Standard library only.
 
-inspect_datadir() follows etcd 3.4's start-up (etcdserver.NewServer): load the newest .snap
-that decodes (broken ones are renamed *.broken), open the WAL at that snapshot (the last file
-whose first index is at or before it, sequence numbers contiguous from there), ReadAll (a torn
-tail in the last file is repaired by truncation, anything else is fatal), open the bbolt db,
-and swap in <index>.snap.db when the snapshot is newer than the db's consistent_index.
+inspect_datadir() follows etcd's start-up (etcdserver.NewServer, 3.4.10 and later, 3.5), in its
+order, which is checked by starting Debian's etcd 3.4.23 on damaged copies of real directories
+(tests/integration/test_etcd_facts.py):
+ 1. open the bbolt db: both meta pages bad -> panic; etcd does not persist bbolt's freelist, so
+    bbolt walks every reachable page to rebuild it, and a page out of place -> panic or fault;
+ 2. no WAL file at all: bootstrap as a new member;
+ 3. wal.ValidSnapshotEntries reads EVERY WAL file from the first one: a CRC break, or a crc
+    record that does not continue the chain (a file missing in the middle) -> refuse; a torn
+    or short record only ends its reading;
+ 4. load the newest .snap that decodes AND has a WAL snapshot record at or below the last
+    HardState commit (snap.LoadNewestAvailable: broken ones are renamed *.broken on the way,
+    unmatched ones skipped);
+ 5. if that snapshot is newer than the db's consistent_index, move <index>.snap.db over the db;
+    none -> panic;
+ 6. open the WAL at the snapshot (the last file whose first index is at or before it, sequence
+    numbers contiguous from there; else refuse) and ReadAll: a torn or short tail in the last
+    file is repaired (wal.Repair keeps a .broken copy and truncates), anything else -> refuse;
+ 7. raft: a HardState commit beyond the last entry -> panic.
+Each problem carries its stage, what it alone makes etcd do (`etcd_start`), the error etcd
+prints and the file change etcd makes; predict_start() walks them in etcd's order (`prediction`).
 It opens files for reading only and never renames, writes, locks or starts anything.
 rank_members() is the offline election rule the recovery plan uses.
 """
@@ -26,11 +41,22 @@ from ansible_collections.quorum.recovery.plugins.module_utils import proc_holder
 HEALTHY, REPAIRABLE, UNUSABLE = "healthy", "repairable", "unusable"
 ERROR, WARNING, INFO = "error", "warning", "info"
 REBUILD = "rebuild this member from the winner (restore the winner's snapshot here)"
+# what etcd does at start: goes on (possibly after changing files), refuses (a fatal log line,
+# exit 1), panics (a Go panic or a memory fault, exit 2), or bootstraps a brand-new member
+STARTS, REFUSES, PANICS, NEW_MEMBER = "starts", "refuses", "panics", "new-member"
+# the steps of etcd's start-up, in order (see the module docstring)
+STAGE_DB, STAGE_NEW, STAGE_WAL_CHECK, STAGE_SNAP, STAGE_BACKEND, STAGE_WAL_READ, STAGE_RAFT, STAGE_RUN = (
+    10, 20, 30, 40, 50, 60, 70, 80)
+# bbolt's errors for a bad meta page (bbolt errors.go), as Open returns them for meta page 0
+_BOLT_ERRORS = {"ErrInvalid": "invalid database", "ErrVersionMismatch": "version mismatch",
+                "ErrChecksum": "checksum error"}
 
 
-def _problem(severity, file, message, etcd_would, data_lost, remedy, offset=None, repairable=False):
+def _problem(severity, file, message, etcd_would, data_lost, remedy, offset=None, repairable=False,
+             stage=STAGE_RUN, etcd_start=STARTS, etcd_error=None, etcd_change=None):
     return {"severity": severity, "file": file, "offset": offset, "message": message, "etcd_would": etcd_would,
-            "data_lost": data_lost, "remedy": remedy, "repairable": repairable}
+            "data_lost": data_lost, "remedy": remedy, "repairable": repairable, "stage": stage,
+            "etcd_start": etcd_start, "etcd_error": etcd_error, "etcd_change": etcd_change}
 
 
 def _read(path):
@@ -52,43 +78,79 @@ def inspect_datadir(path, depth="full"):
     result = {"path": path, "depth": depth, "exists": os.path.isdir(path), "problems": problems,
               "crc32c": fmt.CRC32C_IMPLEMENTATION, "member_id": None, "cluster_id": None}
     wal_dir, snap_dir = os.path.join(path, "member", "wal"), os.path.join(path, "member", "snap")
-    wal_names, snap_names = _listdir(wal_dir), _listdir(snap_dir)
-    if not result["exists"] or wal_names is None:
-        problems.append(_problem(ERROR, "member/wal" if result["exists"] else path,
-                                 "no member/wal directory: not an etcd data directory, or an empty one",
-                                 "start as a brand-new member (and fail to join the old cluster)",
-                                 "everything this member held", REBUILD))
-        result["verdict"] = UNUSABLE
-        result["running"] = is_running(path)
+    wal_names, snap_names = _listdir(wal_dir), _listdir(snap_dir) or []
+    wals = sorted((int(m.group(1), 16), int(m.group(2), 16), m.group(0))
+                  for m in (fmt.WAL_NAME_RE.match(n) for n in wal_names or []) if m)
+    db = _inspect_db(snap_dir, snap_names, full, problems) if result["exists"] else None
+    result["db"] = db
+    if not wals:
+        where = path if not result["exists"] else "member/wal"
+        what = ("the directory does not exist" if not result["exists"] else
+                "no member/wal directory" if wal_names is None else "no WAL files in member/wal")
+        problems.append(_problem(
+            ERROR, where, "%s: not an etcd data directory, or one that lost its log" % what,
+            "start as a brand-new member: bootstrap a fresh log from --initial-cluster (state new; the same flags "
+            "and token give the same member and cluster IDs) or join through the peers (state existing)%s; "
+            "either way it needs a live quorum to catch up" % (
+                ", serving the db's old keyspace meanwhile" if db else ""),
+            "this member's whole log", REBUILD, stage=STAGE_NEW, etcd_start=NEW_MEMBER))
+        result.update(files={"wal": wal_names or [], "snap": snap_names}, snapshots=[], snapshot_loaded=None,
+                      wal=None, log={"last_index": None, "last_term": None, "hard_state": None, "snapshot_index": 0,
+                                     "snapshot_term": 0},
+                      membership=_membership(None, None, db, problems))
+        _finish(result, db, problems, path)
         return result
-    snap_names = snap_names or []
     result["files"] = {"wal": wal_names, "snap": snap_names}
-    snapshots, loaded = _inspect_snapshots(snap_dir, snap_names, problems)
-    result["snapshots"] = snapshots
+    snapshots = _read_snapshots(snap_dir, snap_names)
+    scan, read_from, loaded, used = _inspect_wal(wal_dir, wals, snapshots, full, problems)
+    checked = not any(p["stage"] == STAGE_WAL_CHECK and p["etcd_start"] != STARTS for p in problems)
+    _snapshot_problems(snapshots, loaded, problems, checked)
+    result["snapshots"] = [{k: v for k, v in s.items() if k != "data"} for s in snapshots]
     result["snapshot_loaded"] = _public_snapshot(loaded)
-    scan, selected = _inspect_wal(wal_dir, wal_names, loaded, full, problems)
-    wal = scan.result() if scan else None
-    result["wal"] = None if wal is None else {
-        "files": wal["files"], "selected_from": selected, "record_counts": wal["record_counts"],
-        "snapshot_records": len(wal["snapshots"]), "error": wal["error"]}
-    if wal and wal["metadata"]:
+    wal = scan.result()
+    result["wal"] = {"files": wal["files"], "selected_from": used[read_from][2] if read_from is not None else None,
+                     "archive_first": [w[2] for w in wals if w not in used], "record_counts": wal["record_counts"],
+                     "snapshot_records": len(wal["snapshots"]), "error": wal["error"], "read_error": wal["read_error"]}
+    if wal["metadata"]:
         result["member_id"], result["cluster_id"] = wal["metadata"]["member_id"], wal["metadata"]["cluster_id"]
+    read = read_from is not None
     result["log"] = {
-        "last_index": wal["last_index"] if wal else None, "last_term": wal["last_term"] if wal else None,
-        "hard_state": wal["hard_state"] if wal else None,
+        "last_index": wal["last_index"] if read else None, "last_term": wal["last_term"] if read else None,
+        "hard_state": wal["hard_state"] if read else None,
         "snapshot_index": loaded["index"] if loaded else 0, "snapshot_term": loaded["term"] if loaded else 0}
-    result["db"] = _inspect_db(snap_dir, snap_names, loaded, full, problems)
-    db = result["db"] or {}
-    result["revision"] = db.get("revision")
-    result["key_count"] = (db.get("snapshot_status") or {}).get("total_key")
-    result["layout"] = "3.6" if db.get("storage_version") else ("3.5" if db.get("term") is not None else "3.4")
+    _backend_problems(db, snap_names, loaded, problems)
     result["membership"] = _membership(loaded, wal, db, problems)
     _cross_checks(result, wal, db, problems)
     result["leftovers"] = {"wal_tmp": [n for n in wal_names if n.endswith(".tmp")],
                            "broken": [n for n in wal_names + snap_names if n.endswith(".broken")]}
+    _finish(result, db, problems, path)
+    return result
+
+
+def _finish(result, db, problems, path):
+    db = db or {}
+    result["revision"] = db.get("revision")
+    result["key_count"] = (db.get("snapshot_status") or {}).get("total_key")
+    result["layout"] = "3.6" if db.get("storage_version") else ("3.5" if db.get("term") is not None else "3.4")
     result["running"] = is_running(path)
     result["verdict"] = verdict(problems)
-    return result
+    result["prediction"] = predict_start(problems)
+    if result["prediction"]["starts"]:
+        result["prediction"]["last_index"] = (result.get("log") or {}).get("last_index")
+
+
+def predict_start(problems):
+    """What etcd does when started on the directory: the first problem, in etcd's start-up order,
+    that stops it (or bootstraps a new member), and the files it changes on the way there."""
+    changes = []
+    for _stage, _seq, problem in sorted((p["stage"], i, p) for i, p in enumerate(problems)):
+        if problem["etcd_start"] != STARTS:
+            return {"starts": False, "outcome": problem["etcd_start"], "error": problem["etcd_error"],
+                    "file": problem["file"], "reason": problem["message"], "changes": changes, "last_index": None}
+        if problem["etcd_change"]:
+            changes.append(problem["etcd_change"])
+    return {"starts": True, "outcome": STARTS, "error": None, "file": None, "reason": None, "changes": changes,
+            "last_index": None}
 
 
 def _public_snapshot(snap):
@@ -97,162 +159,290 @@ def _public_snapshot(snap):
     return {k: snap[k] for k in ("file", "term", "index", "conf_state", "status", "data_size")}
 
 
-def _inspect_snapshots(snap_dir, names, problems):
-    """Every .snap, newest first, and the one etcd's snapshotter would load."""
-    snapshots, loaded, broken = [], None, []
+def _read_snapshots(snap_dir, names):
+    """Every .snap, newest first (by name, as etcd sorts them), decoded and CRC-checked."""
+    snapshots = []
     for name in sorted((n for n in names if fmt.SNAP_NAME_RE.match(n)), reverse=True):
         term, index = (int(g, 16) for g in fmt.SNAP_NAME_RE.match(name).groups())
         entry = {"file": name, "term": term, "index": index, "status": "ok", "error": None, "conf_state": None,
-                 "data_size": None, "members": {}}
+                 "data_size": None, "members": {}, "misnamed": False}
         try:
             parsed = fmt.parse_snap(_read(os.path.join(snap_dir, name)))
+            # etcd matches the CONTENTS against the WAL's snapshot records, not the name
             entry.update(conf_state=parsed["conf_state"], data_size=parsed["data_size"],
-                         members=fmt.v2_store_members(parsed["data"]))
-            if (parsed["term"], parsed["index"]) != (term, index):
-                entry["status"] = "misnamed"
-                problems.append(_problem(WARNING, name, "file name says term %d index %d, contents say %d/%d"
-                                         % (term, index, parsed["term"], parsed["index"]),
-                                         "load it by its contents", "nothing", "none needed"))
+                         members=fmt.v2_store_members(parsed["data"]), term=parsed["term"], index=parsed["index"],
+                         misnamed=(parsed["term"], parsed["index"]) != (term, index))
         except (fmt.FormatError, OSError) as exc:
             entry.update(status="broken", error=str(exc))
-            broken.append(entry)
         snapshots.append(entry)
-        if loaded is None and entry["status"] != "broken":
-            loaded = entry
-    for entry in broken:
-        fallback = ("snapshot %s (index %d)" % (loaded["file"], loaded["index"]) if loaded
-                    else "no snapshot: the WAL from its very first entry")
-        problems.append(_problem(
-            ERROR, entry["file"],
-            "snapshot does not load: %s" % entry["error"],
-            "rename it to %s.broken and load %s instead" % (entry["file"], fallback),
-            "nothing if the WAL still holds every entry after %s; the WAL check below says"
-            % ("index %d" % loaded["index"] if loaded else "index 0"),
-            "none if the WAL check passes; otherwise %s" % REBUILD, offset=0, repairable=True))
-    return snapshots, loaded
+    return snapshots
 
 
-def _inspect_wal(wal_dir, names, loaded, full, problems):
-    wals = []
-    for name in names:
-        match = fmt.WAL_NAME_RE.match(name)
-        if match:
-            wals.append((int(match.group(1), 16), int(match.group(2), 16), name))
-    wals.sort()
-    start_index, start_term = (loaded["index"], loaded["term"]) if loaded else (0, 0)
-    if not wals:
-        problems.append(_problem(ERROR, "member/wal", "no WAL files", "start as a brand-new member",
-                                 "everything this member held", REBUILD))
-        return None, None
-    chosen = None
-    for i, (_seq, first, _name) in enumerate(wals):
-        if first <= start_index:
-            chosen = i
-    if chosen is None:
-        problems.append(_problem(
-            ERROR, wals[0][2], "the oldest WAL file starts at index %d, after the snapshot at index %d"
-            % (wals[0][1], start_index), "fail to start (wal: file not found)",
-            "every entry before index %d (purged, and not in a loadable snapshot)" % wals[0][1], REBUILD))
-        return None, None
-    selected = wals[chosen:]
-    for earlier, later in zip(wals, wals[1:]):
-        if later[0] != earlier[0] + 1:
-            missing = "%016x..%016x" % (earlier[0] + 1, later[0] - 1)
-            in_use = later in selected and earlier in selected
+def _snapshot_problems(snapshots, loaded, problems, checked=True):
+    """snap.LoadNewestAvailable: newest first, a .snap that does not load is renamed *.broken, one
+    without a WAL snapshot record (at or below the commit) is skipped; it stops at the loaded one.
+    When the WAL check failed, the records after the failure are unknown: no skip is reported."""
+    fallback = ("snapshot %s (index %d)" % (loaded["file"], loaded["index"]) if loaded
+                else "no snapshot: the WAL from its very first entry")
+    for entry in snapshots:
+        if entry is loaded:
+            break
+        if entry["status"] == "broken":
             problems.append(_problem(
-                ERROR if in_use else INFO, later[2], "WAL sequence jumps from %s to %s: files %s are missing"
-                % (earlier[2], later[2], missing),
-                "fail to start (wal: file not found: sequence not continuous)" if in_use else
-                "not read them (they precede the loaded snapshot)",
-                "the entries of the missing files and everything after them" if in_use else "nothing",
-                REBUILD if in_use else "none needed"))
-            if in_use:
-                return None, selected[0][2]
-    scan = fmt.WalScan(start_index, start_term, full)
-    for i, (_seq, _first, name) in enumerate(selected):
-        scan.feed(name, _read(os.path.join(wal_dir, name)), i == len(selected) - 1)
+                ERROR, entry["file"], "snapshot does not load: %s" % entry["error"],
+                "rename it to %s.broken and load %s instead" % (entry["file"], fallback),
+                "nothing if the WAL still holds every entry after %s; the WAL check says"
+                % ("index %d" % loaded["index"] if loaded else "index 0"),
+                "none if the WAL check passes; otherwise %s" % REBUILD, offset=0, repairable=True, stage=STAGE_SNAP,
+                etcd_change={"action": "rename", "file": entry["file"], "to": entry["file"] + ".broken"}))
+        elif checked:
+            problems.append(_problem(
+                INFO, entry["file"], "snapshot at index %d (term %d) has no WAL snapshot record at or below the "
+                "commit index: written just before a crash, or its WAL files are gone" % (entry["index"], entry["term"]),
+                "skip it and load %s" % fallback, "nothing", "none needed", stage=STAGE_SNAP))
+    for entry in snapshots:
+        if entry["misnamed"]:
+            problems.append(_problem(WARNING, entry["file"], "file name and contents disagree on term/index (contents "
+                                     "say %d/%d)" % (entry["term"], entry["index"]), "go by its contents", "nothing",
+                                     "none needed", stage=STAGE_SNAP))
+    older_broken = [e for e in snapshots[snapshots.index(loaded) + 1:] if e["status"] == "broken"] if loaded else []
+    for entry in older_broken:
+        problems.append(_problem(WARNING, entry["file"], "older snapshot does not load: %s" % entry["error"],
+                                 "not read it (a newer one loads)", "nothing", "none needed", stage=STAGE_SNAP))
+
+
+def _search_index(wals, index):
+    """etcd's selectWALFiles: the position of the last file whose first index is at or before
+    `index`, if the sequence numbers are contiguous from there; else None (wal: file not found)."""
+    for i in range(len(wals) - 1, -1, -1):
+        if wals[i][1] <= index:
+            if any(b[0] != a[0] + 1 for a, b in zip(wals[i:], wals[i + 1:])):
+                return None
+            return i
+    return None
+
+
+def _scan(wal_dir, wals, snap, full):
+    index, term = (snap["index"], snap["term"]) if snap else (0, 0)
+    read_from = _search_index(wals, index)
+    scan = fmt.WalScan(index, term, full, len(wals) if read_from is None else read_from)
+    for i, (_seq, _first, name) in enumerate(wals):
+        scan.feed(name, _read(os.path.join(wal_dir, name)), i == len(wals) - 1)
         if scan.error:
             break
-    error = scan.error
-    if error:
-        _wal_problem(error, scan, problems)
-    elif not scan.snapshot_matched:
-        problems.append(_problem(ERROR, selected[0][2], "no WAL snapshot record for the loaded snapshot (index %d, "
-                                 "term %d)" % (start_index, start_term), "fail to start (wal: snapshot not found)",
-                                 "the log cannot be replayed from the snapshot", REBUILD))
-    return scan, selected[0][2]
+    return scan, read_from
 
 
-def _wal_problem(error, scan, problems):
-    where = "%s at offset %d" % (error["file"], error["offset"])
+def _wal_pipeline(wal_dir, wals, snapshots, full):
+    """Steps 3, 4 and 6 over these files: (scan, ReadAll's first file or None, loaded snapshot).
+    One pass reads them when the newest loadable .snap is the one etcd picks (the usual case)."""
+    candidates = [s for s in snapshots if s["status"] != "broken"]
+    guess = candidates[0] if candidates else None
+    scan, read_from = _scan(wal_dir, wals, guess, full)
+    valid = scan.valid_snapshots()
+    loaded = next((s for s in candidates if (s["index"], s["term"]) in valid), None)
+    if loaded is not guess:
+        scan, read_from = _scan(wal_dir, wals, loaded, full)
+    return scan, read_from, loaded
+
+
+def _first_gap(wals):
+    for i in range(1, len(wals)):
+        if wals[i][0] != wals[i - 1][0] + 1:
+            return i
+    return None
+
+
+def _inspect_wal(wal_dir, wals, snapshots, full, problems):
+    """The WAL problems; returns (scan, read_from, loaded, files used). When etcd would refuse
+    because of something in the older files (a missing file, a CRC break), it also tries what
+    archiving those files would give: etcd reads from the first file present, so if the rest
+    still holds the loaded snapshot and everything after it, one reviewed step repairs it."""
+    scan, read_from, loaded = _wal_pipeline(wal_dir, wals, snapshots, full)
+    found = _wal_problems(scan, read_from, loaded, wals)
+    gap = _first_gap(wals)
+    error = scan.error if scan.error and scan.error["kind"] in ("crc", "crc_record", "decode", "size") else None
+    error_at = [w[2] for w in wals].index(error["file"]) if error else None
+    if gap is not None and (error_at is None or gap <= error_at):
+        keep_from = gap
+        first = _gap_problem(wals, gap)
+        # the chain break etcd sees at the gap is this problem, not a second one
+        found = [p for p in found if not (error and error["kind"] == "crc_record" and error_at == gap
+                                          and p["file"] == wals[gap][2] and p["stage"] == STAGE_WAL_CHECK)]
+        found.insert(0, first)
+    elif error is not None:
+        keep_from, first = error_at + 1, next(p for p in found if p["stage"] == STAGE_WAL_CHECK)
+        if gap is not None:  # etcd stops at the error first; the gap is there all the same
+            found.append(_gap_problem(wals, gap))
+    else:
+        problems.extend(found)
+        return scan, read_from, loaded, wals
+    if keep_from < len(wals):
+        rest = wals[keep_from:]
+        sim_scan, sim_from, sim_loaded = _wal_pipeline(wal_dir, rest, snapshots, full)
+        sim_found = _wal_problems(sim_scan, sim_from, sim_loaded, rest)
+        if _first_gap(rest) is None and not any(p["etcd_start"] != STARTS for p in sim_found):
+            archived = ", ".join(w[2] for w in wals[:keep_from])
+            first.update(repairable=True, data_lost="nothing: the files before %s hold only entries the loaded "
+                         "snapshot (index %d) covers" % (rest[0][2], sim_loaded["index"] if sim_loaded else 0),
+                         remedy="archive (move out of member/wal, keep them) %s; etcd then reads from %s on, which "
+                         "holds the loaded snapshot and every entry after it" % (archived, rest[0][2]))
+            problems.append(first)
+            problems.extend(sim_found)
+            return sim_scan, sim_from, sim_loaded, rest
+    problems.extend(found)
+    return scan, read_from, loaded, wals
+
+
+def _gap_problem(wals, gap):
+    earlier, later = wals[gap - 1], wals[gap]
+    return _problem(
+        ERROR, later[2], "WAL sequence jumps from %s to %s: files %016x..%016x are missing"
+        % (earlier[2], later[2], earlier[0] + 1, later[0] - 1),
+        "refuse to start: 'wal: crc mismatch' (etcd reads every WAL file from the first one at start, and the crc "
+        "record that opens %s does not continue the chain where %s ends)" % (later[2], earlier[2]),
+        "the entries of the missing files (before index %d) and, as etcd cannot read past the gap, everything "
+        "after them" % later[1], REBUILD, offset=0, stage=STAGE_WAL_CHECK, etcd_start=REFUSES,
+        etcd_error="wal: crc mismatch")
+
+
+def _wal_problems(scan, read_from, loaded, wals):
+    """The problems of one pipeline run (see the module docstring, steps 3 and 6, and 7)."""
+    found = []
+    start = "the loaded snapshot (index %d)" % loaded["index"] if loaded else "index 0 (no snapshot loads)"
+    if read_from is None and _first_gap(wals) is None:  # with a gap, the gap is the problem
+        found.append(_problem(
+            ERROR, wals[0][2], "no WAL file starts at or before %s: the oldest one, %s, starts at index %d"
+            % (start, wals[0][2], wals[0][1]), "refuse to start: 'failed to open WAL: wal: file not found'",
+            "every entry between %s and index %d (purged, and not in a loadable snapshot)" % (start, wals[0][1]),
+            REBUILD, stage=STAGE_WAL_READ, etcd_start=REFUSES, etcd_error="wal: file not found"))
+    error, read_error = scan.error, scan.read_error
     good = "the log up to index %d (term %d) is intact" % (scan.last_index, scan.last_term)
-    if error["kind"] in ("torn", "short") and error["in_last_file"]:
-        after = error["data_bytes_after"] or 0
-        problems.append(_problem(
-            ERROR, error["file"], "torn write at the end of the log: %s in %s" % (error["message"], where),
-            "repair it at start: copy the file to %s.broken and truncate it at offset %d (wal.Repair)"
-            % (error["file"], error["offset"]),
-            "the record being written at the power loss%s; %s" % (
-                "" if after <= 1 << 20 else " and %d more bytes of written data after it" % after, good),
-            "none needed: etcd repairs it itself (or truncate at offset %d after archiving the directory)"
-            % error["offset"], offset=error["offset"], repairable=True))
-        return
-    problems.append(_problem(
-        ERROR, error["file"], "%s in %s" % (error["message"], where),
-        "refuse to start (failed to read WAL, cannot be repaired%s)" % (
-            ": walpb: crc mismatch" if error["kind"] == "crc" else ""),
-        "every entry after index %d that this member holds; %s" % (scan.last_index, good),
-        REBUILD + "; if no member is further ahead, truncating the WAL at offset %d (after archiving) keeps "
-        "the log up to index %d" % (error["offset"], scan.last_index), offset=error["offset"]))
-
-
-def _inspect_db(snap_dir, names, loaded, full, problems):
-    if "db" not in names:
-        if loaded:
-            problems.append(_problem(ERROR, "member/snap/db", "the bbolt db is missing",
-                                     "create an empty db and look for %016x.snap.db" % loaded["index"],
-                                     "the keyspace up to the snapshot", REBUILD))
+    if error:
+        where = "%s at offset %d" % (error["file"], error["offset"])
+        if error["kind"] in ("torn", "short") and error["in_last_file"]:
+            after = error["data_bytes_after"] or 0
+            found.append(_problem(
+                ERROR, error["file"], "torn write at the end of the log: %s in %s" % (error["message"], where),
+                "repair it at start: copy the file to %s.broken and truncate it at offset %d (wal.Repair)"
+                % (error["file"], error["offset"]),
+                "the record being written at the power loss%s; %s" % (
+                    "" if after <= 1 << 20 else " and %d more bytes of written data after it" % after, good),
+                "none needed: etcd repairs it itself (or truncate at offset %d after archiving the directory)"
+                % error["offset"], offset=error["offset"], repairable=True, stage=STAGE_WAL_READ,
+                etcd_change={"action": "truncate", "file": error["file"], "offset": error["offset"],
+                             "keep": error["file"] + ".broken"}))
+        elif error["kind"] in ("torn", "short"):
+            found.append(_problem(
+                ERROR, error["file"], "%s in %s, which is not the last WAL file" % (error["message"], where),
+                "refuse to start: 'failed to read WAL, cannot be repaired: unexpected EOF' (wal.Repair only "
+                "truncates the last file)", "every entry after index %d that this member holds; %s"
+                % (scan.last_index, good), REBUILD, offset=error["offset"], stage=STAGE_WAL_READ,
+                etcd_start=REFUSES, etcd_error="unexpected EOF"))
         else:
-            problems.append(_problem(WARNING, "member/snap/db", "the bbolt db is missing",
-                                     "create an empty db and rebuild it from the whole WAL", "nothing", "none needed"))
+            said = ": '%s'" % error["etcd_error"] if error["etcd_error"] else ""
+            found.append(_problem(
+                ERROR, error["file"], "%s in %s" % (error["message"], where),
+                "refuse to start%s (etcd checks every WAL file at start, wal.ValidSnapshotEntries, and cannot "
+                "repair this)" % said,
+                "every entry after the failing record that this member holds%s" % (
+                    "; " + good if error["in_read_all"] else ""),
+                REBUILD + "; if no member is further ahead, truncating the WAL at offset %d (after archiving) keeps "
+                "what comes before it" % error["offset"], offset=error["offset"], stage=STAGE_WAL_CHECK,
+                etcd_start=REFUSES, etcd_error=error["etcd_error"]))
+    fatal_check = error and not (error["kind"] in ("torn", "short") and error["in_last_file"])
+    if read_from is not None and read_error:
+        found.append(_problem(
+            ERROR, read_error["file"], "%s in %s at offset %d" % (read_error["message"], read_error["file"],
+                                                                  read_error["offset"]),
+            "refuse to start: 'failed to read WAL, cannot be repaired: %s'" % read_error["etcd_error"],
+            "every entry after index %d that this member holds; %s" % (scan.last_index, good), REBUILD,
+            offset=read_error["offset"], stage=STAGE_WAL_READ, etcd_start=REFUSES, etcd_error=read_error["etcd_error"]))
+    elif read_from is not None and not fatal_check and not scan.snapshot_matched:
+        found.append(_problem(
+            ERROR, wals[read_from][2], "no WAL snapshot record for %s in %s and after" % (start, wals[read_from][2]),
+            "refuse to start: 'failed to read WAL, cannot be repaired: wal: snapshot not found'",
+            "the log cannot be replayed from the snapshot", REBUILD, stage=STAGE_WAL_READ, etcd_start=REFUSES,
+            etcd_error="wal: snapshot not found"))
+    elif read_from is not None and not fatal_check and scan.hard_state \
+            and scan.hard_state["commit"] > scan.last_index:
+        found.append(_problem(
+            ERROR, wals[-1][2], "HardState commit %d is beyond the last entry %d" % (scan.hard_state["commit"],
+                                                                                     scan.last_index),
+            "panic at start: raft 'state.commit %d is out of range'" % scan.hard_state["commit"],
+            "the committed entries after index %d" % scan.last_index, REBUILD, stage=STAGE_RAFT, etcd_start=PANICS,
+            etcd_error="state.commit %d is out of range" % scan.hard_state["commit"]))
+    return found
+
+
+def _inspect_db(snap_dir, names, full, problems):
+    """Step 1: bbolt opens the db (a missing one is created empty: see _backend_problems)."""
+    if "db" not in names:
         return None
     data = _read(os.path.join(snap_dir, "db"))
     db = bolt.read_etcd_db(data, full)
     name = "member/snap/db"
     bad = [m for m in db["metas"] if m["error"]]
     if db["meta_used"] is None:
-        problems.append(_problem(ERROR, name, db["errors"][0]["message"], "refuse to start (bbolt: invalid database)",
-                                 "the whole keyspace of this member", REBUILD, offset=0))
+        code = db["metas"][0]["error"].rsplit("(", 1)[-1].rstrip(")") if "(" in db["metas"][0]["error"] else ""
+        said = "failed to open database: %s" % _BOLT_ERRORS.get(code, "invalid database")
+        problems.append(_problem(ERROR, name, db["errors"][0]["message"], "panic at start: '%s'" % said,
+                                 "the whole keyspace of this member", REBUILD, offset=0, stage=STAGE_DB,
+                                 etcd_start=PANICS, etcd_error=said))
         return db
     if bad:
         other = db["metas"][db["meta_used"]]
         problems.append(_problem(
             ERROR, name, "meta page %d is invalid: %s" % (bad[0]["offset"] // db["page_size"], bad[0]["error"]),
-            "open the db through meta page %s (txid %s); the next commit rewrites the bad page"
+            "open the db through meta page %s (txid %s) and start; the next commit rewrites the bad page"
             % (db["meta_used"], other["txid"]),
             "at most the last write transaction (re-applied from the WAL, which holds it)",
-            "none needed if the WAL check passes", offset=bad[0]["offset"], repairable=True))
+            "none needed if the WAL check passes", offset=bad[0]["offset"], repairable=True, stage=STAGE_DB))
+    walked = db["metas"][db["meta_used"]]["freelist"] == bolt.NO_FREELIST
     for error in db["errors"]:
         problems.append(_problem(
             ERROR, name, error["message"],
-            "panic or crash (SIGBUS) when bbolt reads the page; `bbolt check` and `etcdctl snapshot status` fail",
+            "panic at start: %s (a memory fault, 'unexpected fault address', or 'freepages: failed to get all "
+            "reachable pages'); `etcdctl snapshot status` fails too" % (
+                "bbolt walks every page when it opens the db, to rebuild the freelist etcd does not persist"
+                if walked else "when etcd reads the damaged page (it reads the whole key bucket at start)"),
             "the keys stored under the damaged page; the WAL cannot rebuild what the snapshot covers", REBUILD,
-            offset=error["offset"]))
+            offset=error["offset"], stage=STAGE_DB if walked else STAGE_BACKEND, etcd_start=PANICS))
     for warning in db["warnings"]:
-        problems.append(_problem(WARNING, name, warning, "run", "nothing", "none needed"))
-    if loaded and db["consistent_index"] is not None and loaded["index"] > db["consistent_index"]:
-        snap_db = "%016x.snap.db" % loaded["index"]
-        if snap_db in names:
-            problems.append(_problem(INFO, snap_db, "db is at consistent_index %s, behind the snapshot at index %s"
-                                     % (db["consistent_index"], loaded["index"]),
-                                     "replace member/snap/db with %s" % snap_db, "nothing", "none needed"))
-        else:
-            problems.append(_problem(
-                ERROR, "member/snap/" + snap_db, "db is at consistent_index %s, behind the snapshot at index %s, and "
-                "%s (the db received with that snapshot) is missing" % (db["consistent_index"], loaded["index"], snap_db),
-                "refuse to start (failed to find database snapshot file)",
-                "the keyspace changes between index %s and %s" % (db["consistent_index"], loaded["index"]), REBUILD))
+        problems.append(_problem(WARNING, name, warning, "start", "nothing", "none needed", stage=STAGE_DB))
     return db
+
+
+def _backend_problems(db, names, loaded, problems):
+    """Step 5: a db behind the loaded snapshot is replaced by <index>.snap.db (received with it)."""
+    if db is None:
+        if not loaded:
+            problems.append(_problem(WARNING, "member/snap/db", "the bbolt db is missing",
+                                     "create an empty db and re-apply the whole WAL into it", "nothing", "none needed",
+                                     stage=STAGE_BACKEND))
+            return
+        consistent_index, what = 0, "the bbolt db is missing (etcd creates an empty one)"
+    elif db["meta_used"] is None or db["errors"]:
+        return  # etcd panics opening it (step 1)
+    else:
+        consistent_index = db["consistent_index"] or 0  # no key: etcd reads 0
+        what = "db is at consistent_index %s" % consistent_index
+    if not loaded or loaded["index"] <= consistent_index:
+        return
+    snap_db = "%016x.snap.db" % loaded["index"]
+    if snap_db in names:
+        problems.append(_problem(INFO, snap_db, "%s, behind the snapshot at index %s" % (what, loaded["index"]),
+                                 "move %s over member/snap/db" % snap_db, "nothing", "none needed",
+                                 stage=STAGE_BACKEND, etcd_change={"action": "replace", "file": "member/snap/db",
+                                                                   "with": snap_db}))
+        return
+    said = ("failed to recover v3 backend from snapshot: failed to find database snapshot file (snap: snapshot file "
+            "doesn't exist)")
+    problems.append(_problem(
+        ERROR, "member/snap/" + snap_db, "%s, behind the snapshot at index %s, and %s (the db received with that "
+        "snapshot) is missing" % (what, loaded["index"], snap_db), "panic at start: '%s'" % said,
+        "the keyspace changes between index %s and %s" % (consistent_index, loaded["index"]), REBUILD,
+        stage=STAGE_BACKEND, etcd_start=PANICS, etcd_error=said))
 
 
 def _membership(loaded, wal, db, problems):
@@ -302,11 +492,12 @@ def _cross_checks(result, wal, db, problems):
             "the db belongs to another cluster" % (", ".join(sorted(db_members)), ", ".join(sorted(members))),
             "start and serve another cluster's keyspace under this cluster's log",
             "this member's own keyspace (the db is not its own)", REBUILD))
-    if wal and db and db.get("consistent_index") is not None and wal["last_index"] is not None \
-            and db["consistent_index"] > wal["last_index"] and not wal["error"]:
+    last = result["log"]["last_index"]
+    if wal and db and db.get("consistent_index") is not None and last is not None \
+            and db["consistent_index"] > last and not wal["error"]:
         problems.append(_problem(
             WARNING, "member/snap/db", "db consistent_index %d is beyond the last WAL entry %d"
-            % (db["consistent_index"], wal["last_index"]), "start; raft and the db disagree on what is applied",
+            % (db["consistent_index"], last), "start; raft and the db disagree on what is applied",
             "nothing visible here; the db was copied from elsewhere or the WAL lost its tail", REBUILD))
     if result["member_id"] and members and result["member_id"] not in members:
         problems.append(_problem(WARNING, "member/wal", "member %s is not in its own membership %s"

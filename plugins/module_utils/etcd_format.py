@@ -23,6 +23,8 @@ import json
 import re
 import struct
 
+from ansible_collections.quorum.recovery.plugins.module_utils.ondisk import FormatError
+
 RECORD_METADATA, RECORD_ENTRY, RECORD_STATE, RECORD_CRC, RECORD_SNAPSHOT = 1, 2, 3, 4, 5
 RECORD_TYPES = {RECORD_METADATA: "metadata", RECORD_ENTRY: "entry", RECORD_STATE: "state", RECORD_CRC: "crc",
                 RECORD_SNAPSHOT: "snapshot"}
@@ -34,14 +36,6 @@ WAL_SEGMENT_SIZE = 64 * 1000 * 1000
 WAL_NAME_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
 SNAP_NAME_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.snap$")
 SNAP_DB_NAME_RE = re.compile(r"^([0-9a-f]{16})\.snap\.db$")
-
-
-class FormatError(ValueError):
-    """Bytes that etcd would not accept; the message says what and where."""
-
-    def __init__(self, message, offset=None):
-        super().__init__(message)
-        self.offset = offset
 
 
 # ---------------------------------------------------------------------------- CRC-32C
@@ -309,6 +303,15 @@ def v2_store_members(data):
 
 
 # ---------------------------------------------------------------------------- WAL
+MAX_RECORD_SIZE = 10 * 1024 * 1024  # etcd >= 3.4.10 maxWALEntrySizeLimit: a longer record is refused
+
+# what etcd 3.4 says for each way a WAL read stops (wal and walpb packages)
+ETCD_ERRORS = {"crc": "walpb: crc mismatch", "crc_record": "wal: crc mismatch", "short": "unexpected EOF",
+               "torn": "unexpected EOF", "size": "wal: max entry size limit exceeded",
+               "gap": "wal: slice bounds out of range", "metadata": "wal: conflicting metadata found",
+               "type": "unexpected block type", "snapshot": "wal: snapshot mismatch", "decode": None}
+
+
 def _torn(data, start, end):
     """etcd's isTornEntry: the frame body [start, end) touches a 512-byte sector (by file offset)
     that holds only zero bytes."""
@@ -322,31 +325,44 @@ def _torn(data, start, end):
 
 
 class WalScan:
-    """Reads WAL files in order as etcd's decoder + ReadAll do, starting at a snapshot.
+    """Reads WAL files in name order the way etcd (3.4.10+, 3.5, 3.6) reads them at start, in one
+    pass that plays both of its readers:
 
-    feed(name, data, last) once per file; the scan stops at the first error, which it records
-    the way etcd classifies it: `torn` (etcd's wal.Repair truncates it when it is in the last
-    file) or anything else (etcd refuses to start).
+    - wal.ValidSnapshotEntries reads EVERY file from the first one: framing, the CRC chain (a
+      file's crc record must continue the previous file's chain), snapshot and HardState records.
+      Its errors (`self.error`, kind crc, crc_record, decode, size) make etcd refuse to start; a
+      torn or short record (`torn`, `short`) only ends its reading.
+    - WAL.ReadAll reads from file number `read_from` (the one holding the loaded snapshot):
+      entries after the snapshot at (start_index, start_term), HardState, metadata, the snapshot
+      record. Its own errors (`self.read_error`, kind gap, metadata, type, snapshot) stop only it.
+      A torn/short record in the last file is what etcd repairs (wal.Repair truncates there).
+
+    feed(name, data, last) once per file, in order; `last` marks the newest file of the directory.
+    full=False checks record CRCs only in the last file (each file's crc record restarts the chain).
     """
 
-    def __init__(self, start_index=0, start_term=0, full=True):
-        self.start_index, self.start_term, self.full = start_index, start_term, full
+    def __init__(self, start_index=0, start_term=0, full=True, read_from=0):
+        self.start_index, self.start_term, self.full, self.read_from = start_index, start_term, full, read_from
         self.last_index, self.last_term = start_index, start_term
         self.crc = 0
         self.crc_known = True
-        self.hard_state = None
+        self.hard_state = None  # the last HardState ReadAll sees
+        self.vse_state = None  # the last HardState ValidSnapshotEntries sees (its commit filters snapshots)
         self.metadata = None
         self.metadata_raw = None
+        self.identity = None  # the first metadata record of any file (IDs even when ReadAll fails)
         self.snapshots = []
         self.conf_changes = []
         self.snapshot_matched = False
         self.error = None
+        self.read_error = None
         self.files = []
         self.counts = dict.fromkeys(RECORD_TYPES.values(), 0)
 
     def feed(self, name, data, last):
+        number = len(self.files)
         facts = {"file": name, "size": len(data), "records": 0, "end_offset": 0, "crc_checked": self.full or last,
-                 "first_entry_index": None, "last_entry_index": None}
+                 "read_all": number >= self.read_from, "first_entry_index": None, "last_entry_index": None}
         self.files.append(facts)
         if self.error:
             return
@@ -356,8 +372,8 @@ class WalScan:
         size, pos = len(data), 0
         while True:
             if pos + 8 > size:
-                if pos < size and any(view[pos:]):
-                    self._fail(name, pos, "torn", "a length word cut short at the end of the file", data, last)
+                if pos < size:  # Go's binary.Read of a partial length word: io.ErrUnexpectedEOF
+                    self._fail(name, pos, "short", "a length word cut short at the end of the file", data, last)
                 break
             word = struct.unpack_from("<Q", view, pos)[0]
             if word == 0:
@@ -365,6 +381,10 @@ class WalScan:
             length = word & 0x00FFFFFFFFFFFFFF
             pad = (word >> 56) & 7 if word >> 63 else 0
             body = pos + 8
+            if length >= MAX_RECORD_SIZE - pad:
+                self._fail(name, pos, "size", "record length %d is over etcd's limit of %d bytes (a garbage length "
+                           "word)" % (length, MAX_RECORD_SIZE), data, last)
+                break
             if body + length + pad > size:
                 self._fail(name, pos, "short", "record of %d bytes runs past the end of the file (%d bytes)"
                            % (length, size), data, last)
@@ -395,59 +415,82 @@ class WalScan:
 
     def _apply(self, name, pos, rtype, rcrc, rdata, facts):
         self.counts[RECORD_TYPES.get(rtype, "unknown")] = self.counts.get(RECORD_TYPES.get(rtype, "unknown"), 0) + 1
+        reading = facts["read_all"] and self.read_error is None
         if rtype == RECORD_ENTRY:
-            term, index, etype, edata = parse_entry(rdata)
-            if facts["first_entry_index"] is None:
-                facts["first_entry_index"] = index
-            facts["last_entry_index"] = index
-            if index > self.start_index:
-                if index > self.last_index + 1:
-                    self._fail(name, pos, "gap", "entry %d follows entry %d: etcd's ReadAll fails (slice out of "
-                               "range)" % (index, self.last_index), None, False)
-                    return
-                if index <= self.last_index:
-                    self.conf_changes = [c for c in self.conf_changes if c["index"] < index]
-                self.last_index, self.last_term = index, term
-                if etype in (ENTRY_CONF_CHANGE, ENTRY_CONF_CHANGE_V2):
-                    change = parse_conf_change(edata, etype)
-                    change.update(index=index, term=term)
-                    self.conf_changes.append(change)
+            if reading:
+                self._entry(name, pos, rdata, facts)
         elif rtype == RECORD_STATE:
-            self.hard_state = parse_hard_state(rdata)
+            self.vse_state = parse_hard_state(rdata)
+            if reading:
+                self.hard_state = self.vse_state
         elif rtype == RECORD_METADATA:
-            if self.metadata_raw is not None and bytes(rdata) != self.metadata_raw:
-                self._fail(name, pos, "metadata", "metadata record differs from the first one (ErrMetadataConflict)",
-                           None, False)
-                return
-            self.metadata_raw = bytes(rdata)
-            self.metadata = parse_metadata(rdata)
+            if self.identity is None:
+                self.identity = parse_metadata(rdata)
+            if reading:
+                if self.metadata_raw is not None and bytes(rdata) != self.metadata_raw:
+                    self._read_fail(name, pos, "metadata", "metadata record differs from the first one "
+                                    "(ErrMetadataConflict)")
+                    return
+                if self.metadata_raw is None:
+                    self.metadata_raw = bytes(rdata)
+                    self.metadata = parse_metadata(rdata)
         elif rtype == RECORD_CRC:
             if self.crc_known and self.crc != 0 and rcrc != self.crc:
-                self._fail(name, pos, "crc", "crc record says %08x, the previous file ended at %08x"
+                self._fail(name, pos, "crc_record", "crc record says %08x, the previous file ended at %08x"
                            % (rcrc, self.crc), None, False)
                 return
             # the chain is known from here on only if this file's records are hashed
             self.crc, self.crc_known = rcrc, facts["crc_checked"]
         elif rtype == RECORD_SNAPSHOT:
             snap = parse_wal_snapshot(rdata)
+            snap["file"] = name
             self.snapshots.append(snap)
-            if snap["index"] == self.start_index:
+            if reading and snap["index"] == self.start_index:
                 if snap["term"] != self.start_term:
-                    self._fail(name, pos, "snapshot", "snapshot record %d has term %d, the loaded snapshot term %d "
-                               "(ErrSnapshotMismatch)" % (snap["index"], snap["term"], self.start_term), None, False)
+                    self._read_fail(name, pos, "snapshot", "snapshot record %d has term %d, the loaded snapshot "
+                                    "term %d (ErrSnapshotMismatch)" % (snap["index"], snap["term"], self.start_term))
                     return
                 self.snapshot_matched = True
-        else:
-            self._fail(name, pos, "type", "unknown record type %d" % rtype, None, False)
+        elif reading:  # ValidSnapshotEntries skips record types it does not know; ReadAll fails
+            self._read_fail(name, pos, "type", "unknown record type %d" % rtype)
+
+    def _entry(self, name, pos, rdata, facts):
+        term, index, etype, edata = parse_entry(rdata)
+        if facts["first_entry_index"] is None:
+            facts["first_entry_index"] = index
+        facts["last_entry_index"] = index
+        if index > self.start_index:
+            if index > self.last_index + 1:
+                self._read_fail(name, pos, "gap", "entry %d follows entry %d (ErrSliceOutOfRange)"
+                                % (index, self.last_index))
+                return
+            if index <= self.last_index:
+                self.conf_changes = [c for c in self.conf_changes if c["index"] < index]
+            self.last_index, self.last_term = index, term
+            if etype in (ENTRY_CONF_CHANGE, ENTRY_CONF_CHANGE_V2):
+                change = parse_conf_change(edata, etype)
+                change.update(index=index, term=term)
+                self.conf_changes.append(change)
 
     def _fail(self, name, offset, kind, message, data, last):
         # how far written data reaches past the failure: what a truncation there would drop
         data_after = len(bytes(memoryview(data)[offset:]).rstrip(b"\0")) if data is not None else None
         self.error = {"file": name, "offset": offset, "kind": kind, "message": message, "in_last_file": bool(last),
-                      "data_bytes_after": data_after}
+                      "data_bytes_after": data_after, "in_read_all": self.files[-1]["read_all"],
+                      "etcd_error": ETCD_ERRORS.get(kind)}
+
+    def _read_fail(self, name, offset, kind, message):
+        self.read_error = {"file": name, "offset": offset, "kind": kind, "message": message,
+                           "etcd_error": ETCD_ERRORS.get(kind)}
+
+    def valid_snapshots(self):
+        """(index, term) of the WAL snapshot records at or below the last HardState commit:
+        the snapshots etcd may load (snap.LoadNewestAvailable)."""
+        commit = (self.vse_state or {}).get("commit", 0)
+        return {(s["index"], s["term"]) for s in self.snapshots if s["index"] <= commit}
 
     def result(self):
         return {"last_index": self.last_index, "last_term": self.last_term, "hard_state": self.hard_state,
-                "metadata": self.metadata, "snapshots": self.snapshots, "conf_changes": self.conf_changes,
-                "snapshot_matched": self.snapshot_matched, "error": self.error, "files": self.files,
-                "record_counts": self.counts}
+                "metadata": self.metadata or self.identity, "snapshots": self.snapshots,
+                "conf_changes": self.conf_changes, "snapshot_matched": self.snapshot_matched, "error": self.error,
+                "read_error": self.read_error, "files": self.files, "record_counts": self.counts}

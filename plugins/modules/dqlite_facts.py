@@ -26,17 +26,15 @@ description:
     never reads a directory half restored.
 author:
   - quorum.recovery maintainers (@quorum-recovery)
+extends_documentation_fragment:
+  - quorum.recovery.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: In check mode the quarantine and cut steps are reported, not done.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
     support: partial
     details: Inspection changes nothing and is idempotent. A quarantined file is gone from the directory, so
       naming it again in O(quarantine) fails rather than moving something else.
@@ -55,6 +53,21 @@ options:
     type: str
     choices: [quick, full]
     default: full
+  lz4_engine:
+    description:
+      - What checks the contents of LZ4-compressed snapshots at O(depth=full) (frame and block
+        checksums, block structure, content size, content checksum). The frame's structure is
+        always walked by the module itself.
+      - V(auto) uses the first the member has of V(library) (the Python C(lz4.frame) binding,
+        Debian/Ubuntu package C(python3-lz4)), V(tool) (the C(lz4) command, run as C(lz4 -t),
+        which only reads), and V(python) (this collection's standard-library decoder, about
+        10 MiB/s of snapshot content).
+      - When a C engine rejects a frame, the standard-library decoder runs too, to name the block
+        and offset.
+      - Naming an engine the member lacks fails before anything is read.
+    type: str
+    choices: [auto, library, tool, python]
+    default: auto
   auto_recovery:
     description:
       - Whether the node's raft retries a corrupt load once after renaming the corrupt LAST
@@ -79,6 +92,11 @@ options:
     type: list
     elements: str
     default: []
+  new_address:
+    description:
+      - The dqlite address (C(host:port)) this member is to be started with when its host's
+        address changed. Checked like C(info.yaml)'s address and reported in RV(member.new_address_local).
+    type: str
   quarantine_dir:
     description:
       - Where quarantined files go. Defaults to a sibling of O(path), C(<path>.quarantine/<UTC time>).
@@ -130,8 +148,15 @@ member:
     metadata:
       description: Both metadata files and the current one (version, term, voted_for).
       type: dict
+    lz4_engine:
+      description: What checked snapshot contents (V(library), V(tool) or V(python)); null at V(quick) depth.
+      type: str
+      sample: library
     snapshots:
-      description: Every snapshot with term, index, timestamp, size, configuration and data check.
+      description:
+        - Every snapshot with term, index, timestamp, size, configuration and data check.
+        - For an LZ4 frame, C(data.checked_by) says which engine checked its contents
+          (V(structure only) at V(quick) depth).
       type: list
       elements: dict
     segments:
@@ -175,6 +200,18 @@ member:
     running:
       description: Whether a process holds the directory's files open, and the evidence.
       type: dict
+    address_local:
+      description:
+        - Whether this host holds the address in C(info.yaml) (checked by binding a socket to it on
+          port 0, then closing it); V(false) when the host's address changed since the node last
+          ran, null when it cannot tell (no C(info.yaml), a name that does not resolve).
+      type: bool
+      sample: true
+    new_address_local:
+      description: Whether this host holds O(new_address) (same check as RV(member.address_local)).
+      type: bool
+      returned: when O(new_address) is given
+      sample: true
 quarantined:
   description: The manifest entries of files moved or copied aside by this run.
   returned: when O(quarantine) or O(cut) is given
@@ -285,15 +322,25 @@ def _settled(path, exclusive):
         yield
 
 
+def _inspect(module, path):
+    facts = dqlite_datadir.inspect_datadir(path, module.params["depth"], module.params["auto_recovery"],
+                                           module.params["lz4_engine"])
+    if module.params["new_address"]:
+        facts["new_address_local"] = dqlite_datadir.address_is_local(module.params["new_address"])
+    return facts
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             path=dict(type="path", required=True),
             depth=dict(type="str", choices=["quick", "full"], default="full"),
+            lz4_engine=dict(type="str", choices=["auto", "library", "tool", "python"], default="auto"),
             auto_recovery=dict(type="bool", default=True),
             quarantine=dict(type="list", elements="str", default=[]),
             cut=dict(type="list", elements="str", default=[]),
             quarantine_dir=dict(type="path"),
+            new_address=dict(type="str"),
         ),
         supports_check_mode=True,
     )
@@ -303,15 +350,17 @@ def main():
     repairs = bool(module.params["quarantine"] or module.params["cut"])
     with _settled(path, exclusive=repairs):
         try:
-            facts = dqlite_datadir.inspect_datadir(path, module.params["depth"], module.params["auto_recovery"])
+            facts = _inspect(module, path)
         except OSError as exc:
             module.fail_json(msg="cannot read %s: %s" % (path, exc))
+        except ValueError as exc:
+            module.fail_json(msg="lz4_engine=%s: %s" % (module.params["lz4_engine"], exc))
         if not repairs:
             module.exit_json(changed=False, member=facts)
         proposed_cut = _validate_requests(module, facts)
         qdir, manifest = _apply(module, facts, proposed_cut)
         if not module.check_mode:
-            facts = dqlite_datadir.inspect_datadir(path, module.params["depth"], module.params["auto_recovery"])
+            facts = _inspect(module, path)
     module.exit_json(changed=True, member=facts, quarantined=manifest, quarantine_dir=qdir)
 
 

@@ -25,16 +25,14 @@ description:
   - Pure computation, changes nothing; run it with C(delegate_to=localhost) and C(run_once).
 author:
   - quorum.recovery maintainers (@quorum-recovery)
+extends_documentation_fragment:
+  - quorum.recovery.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
     support: full
 options:
   members:

@@ -22,26 +22,27 @@ description:
     C(.snap) file's CRC-32C, the bbolt meta pages (FNV-1a checksums) and walks the whole bbolt
     page tree.
   - Every problem names the file, the byte offset, what etcd itself would do at start, what data
-    would be lost, and the remedy.
+    would be lost, and the remedy. RV(member.prediction) predicts the start as a whole, in etcd's
+    own order (it starts, refuses, panics or bootstraps a new member; the error it prints; the
+    files it changes on the way, such as a truncated torn WAL tail). The prediction follows
+    etcd 3.4.10 and later (and 3.5), and is checked by starting etcd 3.4.23 on damaged copies.
   - Strictly read-only. When O(endpoint) is given and the member answers, it also reports
-    C(etcdctl endpoint status); a member that lost quorum usually does not answer, and the
-    offline facts are what matters then.
+    C(etcdctl endpoint status); a member that lost quorum does not answer, and the offline facts
+    are what matters then. An endpoint that does not answer never fails the module; RV(online)
+    says why (refused, timeout, TLS, ...) after at most O(timeout) seconds per etcdctl phase.
   - etcd 3.5 and 3.6 keep C(term), C(confState) and (3.6) C(storageVersion) in the db's meta
-    bucket; they are reported when present. The start-up prediction follows 3.4, the version
-    the lab tests run against.
+    bucket; they are reported when present.
 author:
   - quorum.recovery maintainers (@quorum-recovery)
+extends_documentation_fragment:
+  - quorum.recovery.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The module never changes anything, in check mode or not.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
     support: full
 options:
   path:
@@ -79,7 +80,9 @@ options:
     description: Client key for O(endpoint) (C(--key)).
     type: path
   timeout:
-    description: Seconds to wait for O(endpoint) (C(--command-timeout) and C(--dial-timeout)).
+    description:
+      - Seconds to wait for O(endpoint), for each of etcdctl's C(--dial-timeout) and C(--command-timeout).
+      - etcdctl is stopped (coreutils C(timeout)) if it has not returned after twice this plus 5 seconds.
     type: int
     default: 5
 """
@@ -137,7 +140,8 @@ member:
       elements: dict
     wal:
       description: The WAL files read (records, end of data, whether their CRCs were checked), the first file
-        read, record counts and the first error.
+        read after the snapshot (C(selected_from)), the files to archive first when that repairs the
+        directory (C(archive_first)), record counts, the first error and the first read error.
       type: dict
     db:
       description: The bbolt db - both meta pages, the one used, bucket sizes, consistent_index, term (3.5+),
@@ -160,9 +164,29 @@ member:
         the member IDs the db lists, and the db's confState (3.5+).
       type: dict
     problems:
-      description: Each problem with severity, file, offset, message, etcd_would, data_lost, remedy and repairable.
+      description:
+        - Each problem with severity, file, offset, message, etcd_would, data_lost, remedy and repairable.
+        - C(stage) is its place in etcd's start-up (10 db open, 20 no WAL, 30 WAL check of every file, 40 .snap load,
+          50 db against the snapshot, 60 WAL read, 70 raft, 80 running); C(etcd_start) what it alone makes etcd do
+          (V(starts), V(refuses), V(panics), V(new-member)); C(etcd_error) the text etcd prints for it;
+          C(etcd_change) the file change etcd makes for it at start (truncate, rename, replace), or null.
       type: list
       elements: dict
+    prediction:
+      description:
+        - What etcd does when started on this directory, replayed in its own start-up order and checked
+          against etcd 3.4.23 started on damaged copies (docs/etcd_facts.md has the measured table).
+        - C(outcome) is V(starts), V(refuses) (logs a fatal error, exits 1), V(panics) (a Go panic or a memory
+          fault, exits 2) or V(new-member) (no WAL, so it bootstraps a fresh log); C(starts) is true for
+          V(starts); C(error) is the text etcd prints (null when it cannot be predicted, as for a memory fault);
+          C(file) and C(reason) name the problem that decides; C(changes) are the files it changes before that
+          (truncates a torn WAL tail keeping a .broken copy, renames a broken .snap, moves a .snap.db over the
+          db); C(last_index) is the last log index it keeps when it starts.
+        - Starting is not serving. A member that lost quorum starts and serves nothing.
+      type: dict
+      sample: {"starts": true, "outcome": "starts", "error": null, "file": null, "reason": null, "last_index": 2511,
+               "changes": [{"action": "truncate", "file": "0000000000000000-0000000000000000.wal", "offset": 405128,
+                            "keep": "0000000000000000-0000000000000000.wal.broken"}]}
     running:
       description: Whether a process holds the directory's files open or locks its db, and the evidence.
       type: dict
@@ -171,37 +195,86 @@ member:
       description: Which CRC-32C implementation ran (V(python), or a C module such as V(crc32c)).
       type: str
 online:
-  description: The member's C(etcdctl endpoint status) when O(endpoint) is given, or why it did not answer.
+  description:
+    - The member's C(etcdctl endpoint status) when O(endpoint) is given (C(reachable=true), C(status)), or why it did
+      not answer (C(reachable=false), C(reason) V(refused), V(unreachable), V(timeout), V(tls), V(auth), V(killed),
+      V(no-etcdctl), V(output) or V(error), a one-line C(error) and the tail of C(etcdctl_output)).
+    - C(seconds) is how long etcdctl took.
   returned: when O(endpoint) is given
   type: dict
-  sample: {"reachable": true, "status": {"header": {"cluster_id": 6553794546237319832, "member_id": 1615585312521409475},
-           "version": "3.4.23", "dbSize": 126976, "leader": 8961569967019832602, "raftIndex": 1008, "raftTerm": 2}}
+  sample: {"endpoint": "http://10.0.0.1:2379", "reachable": true, "timeout": 5, "seconds": 0.05,
+           "status": {"header": {"cluster_id": 6553794546237319832, "member_id": 1615585312521409475},
+                      "version": "3.4.23", "dbSize": 126976, "leader": 8961569967019832602, "raftIndex": 1008,
+                      "raftTerm": 2}}
 """
 
 import json
 import os
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.quorum.recovery.plugins.module_utils import etcd_datadir
 
 
+# what etcdctl's output says went wrong, most specific first: (reason, words, explanation)
+_CAUSES = (
+    ("refused", ("connection refused",), "nothing listens there (etcd is not running, or on another port)"),
+    ("unreachable", ("no route to host", "network is unreachable", "no such host", "lookup "),
+     "the address cannot be reached or resolved from this host"),
+    ("tls", ("x509", "certificate", "tls:", "first record does not look like a TLS handshake"),
+     "TLS failed: check the URL scheme (http/https), cacert, cert and key"),
+    ("auth", ("authentication", "permission denied", "user name is empty"), "etcd refused the credentials"),
+    ("timeout", ("deadline exceeded", "i/o timeout"),
+     "no answer in time: a member that lost quorum (or is still starting) accepts connections and serves no "
+     "requests, and a cut-off address never answers"),
+)
+
+
 def _endpoint_status(module):
+    """`etcdctl endpoint status` against O(endpoint); never fails the module: an answer, or why not."""
     params = module.params
-    timeout = "%ds" % params["timeout"]
-    argv = [params["etcdctl"], "--endpoints", params["endpoint"], "-w", "json", "--command-timeout", timeout,
-            "--dial-timeout", timeout]
+    seconds = max(1, params["timeout"])
+    online = {"endpoint": params["endpoint"], "reachable": False, "timeout": seconds}
+    etcdctl = module.get_bin_path(params["etcdctl"])
+    if not etcdctl:
+        online.update(reason="no-etcdctl", error="%s is not installed or not executable on this host: the offline "
+                      "facts above do not need it" % params["etcdctl"])
+        return online
+    argv = [etcdctl, "--endpoints", params["endpoint"], "-w", "json", "--command-timeout", "%ds" % seconds,
+            "--dial-timeout", "%ds" % seconds]
     for name in ("cacert", "cert", "key"):
         if params[name]:
             argv += ["--" + name, params[name]]
     argv += ["endpoint", "status"]
+    # etcdctl bounds itself by the two timeouts; coreutils timeout bounds etcdctl, in case it does not
+    limit = 2 * seconds + 5
+    guard = module.get_bin_path("timeout")
+    if guard:
+        argv = [guard, "--kill-after=5", str(limit)] + argv
+    started = time.monotonic()
     rc, out, err = module.run_command(argv, environ_update={"ETCDCTL_API": "3"})
-    if rc != 0:
-        return {"reachable": False, "error": (err or out).strip()[-2000:]}
-    try:
-        return {"reachable": True, "status": json.loads(out)[0]["Status"]}
-    except (ValueError, KeyError, IndexError) as exc:
-        return {"reachable": False, "error": "unexpected etcdctl output (%s): %s" % (exc, out[:500])}
+    online["seconds"] = round(time.monotonic() - started, 2)
+    if rc == 0:
+        try:
+            online.update(reachable=True, status=json.loads(out)[0]["Status"])
+            return online
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            online.update(reason="output", error="etcdctl answered, but not as expected (%s): %s" % (exc, out[:500]))
+            return online
+    text = (err or "") + (out or "")
+    online["etcdctl_output"] = text.strip()[-2000:]
+    if guard and rc in (124, 137):
+        online.update(reason="killed", error="etcdctl endpoint status on %s did not return within %ds and was "
+                      "stopped" % (params["endpoint"], limit))
+        return online
+    last = [line for line in text.strip().splitlines() if line.strip()][-1:] or ["exit code %d" % rc]
+    lowered = text.lower()
+    reason, why = next(((r, e) for r, words, e in _CAUSES if any(w in lowered for w in words)),
+                       ("error", "see etcdctl_output"))
+    online.update(reason=reason, error="%s did not answer etcdctl endpoint status within %ds: %s (%s)"
+                  % (params["endpoint"], seconds, why, last[0].strip()[:300]))
+    return online
 
 
 def main():

@@ -30,17 +30,15 @@ description:
   - This is an action plugin; it runs on the controller.
 author:
   - quorum.recovery maintainers (@quorum-recovery)
+extends_documentation_fragment:
+  - quorum.recovery.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Waits for the job as in a normal run; the job itself decides what check mode means.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
     support: N/A
     details: Reports the job's own C(changed).
 options:

@@ -26,9 +26,9 @@ def _fingerprint(directory):
     return out
 
 
-def _facts(lab, hosts="dqlite", depth="full"):
+def _facts(lab, hosts="dqlite", depth="full", lz4_engine="auto"):
     proc = run_ansible("ansible", hosts, "-m", "quorum.recovery.dqlite_facts", "-a",
-                       "path={{ dqlite_data_dir }} depth=%s" % depth, "-o",
+                       "path={{ dqlite_data_dir }} depth=%s lz4_engine=%s" % (depth, lz4_engine), "-o",
                        inventory=lab.inventory_path)
     facts = {}
     for line in proc.stdout.splitlines():
@@ -88,6 +88,17 @@ def test_quick_depth_agrees_with_full_on_healthy_dirs(lab):
     for name in full:
         assert quick[name]["log"] == full[name]["log"]
         assert quick[name]["verdict"] == full[name]["verdict"] == "healthy"
+    # every LZ4 engine the targets have (Debian's python3-lz4, the lz4 tool, the standard
+    # library) checks the real snapshots dqlite wrote, and agrees
+    assert any(s["data"] and s["data"]["format"] == "lz4" for m in full.values() for s in m["snapshots"]), full
+    for engine in ("library", "tool", "python"):
+        checked = _facts(lab, depth="full", lz4_engine=engine)
+        for name, member in checked.items():
+            assert member["lz4_engine"] == engine and member["verdict"] == "healthy"
+            for snap, reference in zip(member["snapshots"], full[name]["snapshots"]):
+                if snap["data"] and snap["data"]["format"] == "lz4":
+                    assert snap["data"]["ok"] and snap["data"]["checked_by"] == engine, snap
+                    assert snap["data"]["frame_end"] == reference["data"]["frame_end"]
 
 
 def test_truncated_open_segment_is_predicted_and_the_cut_makes_dqlite_start(lab):

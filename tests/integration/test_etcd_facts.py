@@ -4,7 +4,10 @@ Oracles: `etcdctl snapshot status` on a copy of the same db (revision, key count
 `etcdctl endpoint status` of the member while it ran (raft index and term), including a member
 that runs alone (--force-new-cluster on a scratch copy); a member that campaigned while cut off
 ranks below the members with the longer log. The corruption matrix damages scratch copies of a
-real member directory. The module runs over SSH and must leave every byte and file time alone.
+real member directory, and etcd itself is started on each (tests/etcd_oracle.py) to check what
+the module predicts it does; so is a real four-file WAL with a file missing. `online` is checked
+against a member that answers and several that do not. The module runs over SSH and must leave
+every byte and file time alone.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import time
 import pytest
 
 from conftest import run_ansible
+from etcd_oracle import real_start
 
 from ansible_collections.quorum.recovery.plugins.module_utils import etcd_datadir
 
@@ -37,14 +41,19 @@ def _fingerprint(directory):
     return out
 
 
-def _facts(lab, hosts="etcd", path="/var/lib/etcd", depth="full"):
-    proc = run_ansible("ansible", hosts, "-m", "quorum.recovery.etcd_facts", "-a", "path=%s depth=%s" % (path, depth),
-                       "-o", inventory=lab.inventory_path)
-    facts = {}
+def _run(lab, hosts, args):
+    """The module over SSH: {host: its whole result}."""
+    proc = run_ansible("ansible", hosts, "-m", "quorum.recovery.etcd_facts", "-a", args, "-o",
+                       inventory=lab.inventory_path)
+    results = {}
     for line in proc.stdout.splitlines():
         host, _sep, rest = line.partition(" | ")
-        facts[host] = json.loads(rest[rest.index("{"):])["member"]
-    return facts
+        results[host] = json.loads(rest[rest.index("{"):])
+    return results
+
+
+def _facts(lab, hosts="etcd", path="/var/lib/etcd", depth="full"):
+    return {host: result["member"] for host, result in _run(lab, hosts, "path=%s depth=%s" % (path, depth)).items()}
 
 
 def _snapshot_status(lab, host, db="/var/lib/etcd/member/snap/db"):
@@ -80,6 +89,50 @@ def test_offline_facts_equal_what_etcd_reports_and_nothing_changes(lab):
         assert member["key_count"] == oracle["totalKey"]
         assert {v["name"] for v in member["membership"]["voters"]} == {h.name for h in hosts}
         assert quick[host.name]["log"] == member["log"] and quick[host.name]["revision"] == member["revision"]
+    lab.start_etcd(hosts)
+
+
+def test_online_endpoint_status_when_it_answers_and_a_clean_answer_when_it_does_not(lab):
+    hosts = lab.hosts()
+    lab._wait(lambda: lab.etcd_ready(hosts), 60, "etcd leader")
+    status = {h.name: lab.etcd_status(h) for h in hosts}
+    answered = _run(lab, "etcd", "path=/var/lib/etcd depth=quick endpoint={{ etcd_client_url }} timeout=3")
+    for host in hosts:
+        online, member = answered[host.name]["online"], answered[host.name]["member"]
+        assert online["reachable"] is True and online["endpoint"] == host.etcd_client_url, online
+        header = online["status"]["header"]
+        assert "%x" % header["member_id"] == member["member_id"] == "%x" % status[host.name]["header"]["member_id"]
+        assert "%x" % header["cluster_id"] == member["cluster_id"]
+        assert header["revision"] == status[host.name]["header"]["revision"]
+        assert online["status"]["version"] == "3.4.23" and online["status"]["leader"] == status[host.name]["leader"]
+        assert member["running"]["running"] is True
+    # nothing listens there: refused, quickly, and the offline facts are all there
+    refused = _run(lab, "h1", "path=/var/lib/etcd depth=quick endpoint=http://127.0.0.1:2 timeout=3")["h1"]
+    assert refused["online"]["reachable"] is False and refused["online"]["reason"] == "refused", refused["online"]
+    assert "http://127.0.0.1:2" in refused["online"]["error"] and refused["online"]["seconds"] < 3 + 2
+    assert refused["member"]["member_id"] == answered["h1"]["member"]["member_id"]
+    # no etcdctl on the target: said, not a module failure
+    missing = _run(lab, "h1", "path=/var/lib/etcd depth=quick endpoint=http://127.0.0.1:2379 "
+                   "etcdctl=/nonexistent/etcdctl")["h1"]
+    assert missing["online"]["reason"] == "no-etcdctl" and missing["member"]["member_id"]
+    # quorum lost: h1 restarted alone opens its port and answers nothing; h2 is cut off
+    lab.power_off("etcd")
+    lab.service(hosts[0], "etcd", "start")
+    lab.partition(hosts[1])
+    try:
+        started = time.monotonic()
+        lost = _run(lab, "h1", "path=/var/lib/etcd depth=quick endpoint=%s timeout=2" % hosts[0].etcd_client_url)["h1"]
+        cut = _run(lab, "h1", "path=/var/lib/etcd depth=quick endpoint=%s timeout=2" % hosts[1].etcd_client_url)["h1"]
+        took = time.monotonic() - started
+    finally:
+        lab.heal(hosts[1])
+    for online in (lost["online"], cut["online"]):
+        assert online["reachable"] is False and online["reason"] == "timeout", online
+        assert "did not answer" in online["error"] and "quorum" in online["error"]
+        assert 2 <= online["seconds"] <= 2 * 2 + 5, online  # etcdctl's own timeouts bound it
+    assert took < 60, "two module runs with an unanswering endpoint took %.0fs" % took
+    assert lost["member"]["running"]["running"] is True and lost["member"]["member_id"]
+    lab.service(hosts[0], "etcd", "stop")
     lab.start_etcd(hosts)
 
 
@@ -220,19 +273,18 @@ def _other_cluster_db(lab, host):
     return host.real_path("/var/tmp/othercluster/member/snap/db")
 
 
-CASES = ["crc-mid-wal", "torn-last-wal", "no-wal", "corrupt-snap", "missing-snap-db", "meta-one", "meta-both",
-         "page-outside", "truncated-db", "other-cluster"]
+CASES = ["crc-mid-wal", "torn-last-wal", "no-wal", "corrupt-snap", "missing-snap-db", "no-db", "meta-one",
+         "meta-both", "page-outside", "truncated-db", "other-cluster"]
 
 
 WORDS = {"crc-mid-wal": "crc mismatch", "torn-last-wal": "torn write", "no-wal": "no WAL files",
-         "corrupt-snap": "crc mismatch", "missing-snap-db": "is missing", "meta-one": "checksum",
+         "corrupt-snap": "crc mismatch", "missing-snap-db": "is missing", "no-db": "is missing", "meta-one": "checksum",
          "meta-both": "both meta pages", "page-outside": "page 1048576", "truncated-db": "truncated",
          "other-cluster": "another cluster"}
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_corruption_matrix_on_real_directory_copies(lab, tmp_path_factory, case):
-    path = _real_copy(tmp_path_factory, case)
+def _damage(lab, path, case, db_before):
+    """Damage the copy at path as the case says; (the file the module must name, expected verdict)."""
     wal, db = _wal(path), path / "member" / "snap" / "db"
     data = wal.read_bytes()
     frames = _frames(data)
@@ -254,7 +306,10 @@ def test_corruption_matrix_on_real_directory_copies(lab, tmp_path_factory, case)
         _flip(path / "member" / "snap" / snaps[-1], 20)
         expect_file, expect = snaps[-1], "repairable"
     elif case == "missing-snap-db":
-        shutil.copy(path.parent.parent / "db.before", db)  # the db as it was two snapshots ago
+        shutil.copy(db_before, db)  # the db as it was two snapshots ago
+        expect_file = "member/snap/%016x.snap.db" % int(snaps[-1].split("-")[1][:16], 16)
+    elif case == "no-db":
+        os.remove(db)
         expect_file = "member/snap/%016x.snap.db" % int(snaps[-1].split("-")[1][:16], 16)
     elif case in ("meta-one", "meta-both"):
         for page in (0, 1) if case == "meta-both" else (0,):
@@ -273,6 +328,13 @@ def test_corruption_matrix_on_real_directory_copies(lab, tmp_path_factory, case)
         host = lab.hosts()[0]
         shutil.copy(_other_cluster_db(lab, host), db)
         expect_file = "member/snap/db"
+    return expect_file, expect
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_corruption_matrix_on_real_directory_copies(lab, tmp_path_factory, case):
+    path = _real_copy(tmp_path_factory, case)
+    expect_file, expect = _damage(lab, path, case, tmp_path_factory.getbasetemp() / "db.before")
     member = etcd_datadir.inspect_datadir(str(path), "full")
     errors = _errors(member)
     assert member["verdict"] == expect, (case, member["problems"])
@@ -302,6 +364,181 @@ def test_fuzzed_real_directory_never_crashes(tmp_path_factory):
             assert member["verdict"] in ("healthy", "repairable", "unusable")
         finally:
             victim.write_bytes(original)
+
+
+def _truncated_at(broken, repaired):
+    """Where wal.Repair cut the file: the first frame of the .broken copy that the repaired file
+    no longer holds byte for byte (etcd appended its own records from there)."""
+    for offset, length in _frames(broken):
+        if repaired[offset:offset + length] != broken[offset:offset + length]:
+            return offset
+    return None
+
+
+def _oracle_row(case, member, plain, force):
+    predicted = member["prediction"]
+    return "| %s | %s%s%s | %s%s%s%s |" % (
+        case, predicted["outcome"], " `%s`" % predicted["error"] if predicted["error"] else "",
+        "; " + ", ".join("%s %s" % (c["action"], c["file"]) for c in predicted["changes"]) if predicted["changes"]
+        else "", plain["outcome"], " `%s`" % plain["error"] if plain["error"] else "",
+        "; " + ", ".join("%s %s" % (c["action"], c["file"]) for c in plain["changes"]) if plain["changes"] else "",
+        "; alone with --force-new-cluster: %s at revision %s" % (force["outcome"], (force["status"] or {}).get(
+            "header", {}).get("revision")) if force else "")
+
+
+def test_real_etcd_start_on_every_damaged_copy_does_what_etcd_facts_predicts(lab, tmp_path_factory):
+    """The oracle for `prediction` and `etcd_would`: etcd 3.4.23 itself, started on a scratch copy of
+    each damaged directory inside h1, with every lab member stopped and h1 cut off, so a copy that
+    knows the cluster's peers reaches none of them."""
+    source, db_before = tmp_path_factory.getbasetemp() / "etcd-real", tmp_path_factory.getbasetemp() / "db.before"
+    if not source.exists():
+        pytest.skip("needs the directory kept by the partition test")
+    hosts = lab.hosts()
+    host = hosts[0]
+    other_db = _other_cluster_db(lab, host)  # before the cut: it is a one-member cluster of its own anyway
+    for member_host in hosts:
+        lab.service(member_host, "etcd", "stop")
+    rows, wrong = [], []
+    lab.partition(host)
+    try:
+        for case in CASES:
+            inside = "/var/tmp/oracle/" + case
+            path = host.real_path(inside)
+            shutil.rmtree(path, ignore_errors=True)
+            path.parent.mkdir(exist_ok=True)
+            shutil.copytree(source, path)
+            wal = path / "member" / "wal" / _wal(path).name
+            if case == "other-cluster":
+                shutil.copy(other_db, path / "member" / "snap" / "db")
+            else:
+                _damage(lab, path, case, db_before)
+            member = etcd_datadir.inspect_datadir(str(path), "full")
+            predicted = member["prediction"]
+            plain = real_start(lab, host, inside, name=host.name)
+            force = None
+            if plain["outcome"] in ("starts", "new-member"):
+                force = real_start(lab, host, inside, name=host.name, force_new_cluster=True, timeout=30)
+            rows.append(_oracle_row(case, member, plain, force))
+            problems = []
+            if plain["outcome"] != predicted["outcome"]:
+                problems.append("outcome: predicted %s, etcd %s" % (predicted["outcome"], plain["outcome"]))
+            if predicted["error"] and predicted["error"] not in (plain["error"] or ""):
+                problems.append("error: predicted %r, etcd said %r" % (predicted["error"], plain["error"]))
+            said = [{k: v for k, v in c.items() if k != "offset"} for c in predicted["changes"]]
+            if said != plain["changes"]:
+                problems.append("changes: predicted %s, etcd made %s" % (said, plain["changes"]))
+            for change in predicted["changes"]:
+                if change["action"] == "truncate" and plain["outcome"] == "starts":
+                    cut = _truncated_at((wal.parent / change["keep"]).read_bytes(), wal.read_bytes())
+                    if cut != change["offset"]:
+                        problems.append("truncated at %s, predicted %s" % (cut, change["offset"]))
+            if plain["outcome"] == "starts":  # the log raft loaded is the one the module read
+                log = (member["log"]["last_index"], member["log"]["last_term"])
+                if (plain["raft"]["last_index"], plain["raft"]["last_term"]) != log:
+                    problems.append("raft loaded %s, module read %s" % (plain["raft"], log))
+            if force:
+                header = (force["status"] or {}).get("header", {})
+                if force["outcome"] != "serves" or header.get("revision", -1) < (member["revision"] or 0):
+                    problems.append("alone it %s at %s, module revision %s" % (force["outcome"], header,
+                                                                               member["revision"]))
+                if (plain["outcome"] == "starts") != ("%x" % header.get("cluster_id", 0) == member["cluster_id"]):
+                    problems.append("cluster %x served, module %s" % (header.get("cluster_id", 0),
+                                                                      member["cluster_id"]))
+            if problems:
+                wrong.append("%s: %s (etcd log %s)" % (case, "; ".join(problems), plain["log"]))
+    finally:
+        lab.heal(host)
+    table = "| case | etcd_facts predicts | etcd 3.4.23 did |\n|---|---|---|\n" + "\n".join(rows)
+    (tmp_path_factory.getbasetemp() / "etcd-oracle.md").write_text(table + "\n")
+    print("\n" + table)
+    assert not wrong, "\n".join(wrong) + "\n" + table
+
+
+MULTI_CLIENT, MULTI_PEER = "http://127.0.0.1:23790", "http://127.0.0.1:23800"
+
+
+@pytest.fixture(scope="module")
+def multiwal(lab):
+    """A real one-member etcd data directory with four WAL files: etcd 3.4 cuts a WAL file at
+    64,000,000 bytes (wal.SegmentSizeBytes, no flag changes it), so 210 puts of 1,000,000-byte
+    values fill three and start a fourth; --snapshot-count 150 puts the .snap (index ~151) in the
+    third. The old revisions are compacted and the db defragmented, to keep the copies small."""
+    host = lab.hosts()[0]
+    inside = "/var/tmp/multiwal"
+    lab.exec(host, ["rm", "-rf", inside])
+    with open(host.real_path(inside + ".log"), "wb") as log:
+        scratch = lab.spawn(host, ["etcd", "--name", "mw", "--data-dir", inside, "--listen-client-urls", MULTI_CLIENT,
+                                   "--advertise-client-urls", MULTI_CLIENT, "--listen-peer-urls", MULTI_PEER,
+                                   "--initial-advertise-peer-urls", MULTI_PEER, "--initial-cluster", "mw=" + MULTI_PEER,
+                                   "--initial-cluster-token", "multiwal", "--snapshot-count", "150",
+                                   "--logger", "zap", "--log-outputs", "stderr"], stderr=log)
+    ctl = ["etcdctl", "--endpoints", MULTI_CLIENT, "--command-timeout=20s"]
+    try:
+        lab._wait(lambda: lab.exec(host, [*ctl, "endpoint", "health"], check=False).returncode == 0, 30,
+                  "the scratch etcd")
+        lab.exec(host, ["sh", "-c", "head -c 750000 /dev/urandom | base64 -w0 > %s.value && for i in $(seq 210); "
+                        "do %s put big < %s.value > /dev/null || exit 1; done" % (inside, " ".join(ctl), inside)])
+        status = json.loads(lab.exec(host, [*ctl, "-w", "json", "endpoint", "status"]).stdout)[0]["Status"]
+        lab.exec(host, [*ctl, "compact", str(status["header"]["revision"])])
+        lab.exec(host, [*ctl, "defrag"])
+        status = json.loads(lab.exec(host, [*ctl, "-w", "json", "endpoint", "status"]).stdout)[0]["Status"]
+    finally:
+        scratch.terminate()
+        scratch.wait(timeout=30)
+    path = host.real_path(inside)
+    names = sorted(n for n in os.listdir(path / "member" / "wal") if n.endswith(".wal"))
+    yield {"host": host, "inside": inside, "path": path, "names": names, "status": status}
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_missing_wal_file_in_a_real_multi_file_log(lab, multiwal):
+    host, names = multiwal["host"], multiwal["names"]
+    firsts = [int(n[17:33], 16) for n in names]
+    healthy = etcd_datadir.inspect_datadir(str(multiwal["path"]), "full")
+    snap = healthy["snapshot_loaded"]["index"]
+    # the premises: four files, the loaded snapshot in the third
+    assert len(names) == 4 and firsts[2] <= snap < firsts[3], (names, snap)
+    assert healthy["verdict"] == "healthy" and healthy["prediction"]["outcome"] == "starts", healthy["problems"]
+    assert healthy["wal"]["selected_from"] == names[2]
+    assert healthy["log"]["last_index"] >= multiwal["status"]["raftIndex"]
+    assert healthy["revision"] == multiwal["status"]["header"]["revision"]
+
+    def copy_without(tag, victim):
+        inside = "%s-%s" % (multiwal["inside"], tag)
+        lab.exec(host, ["sh", "-c", "rm -rf %s %s.archived && cp -a %s %s && rm %s/member/wal/%s"
+                        % (inside, inside, multiwal["inside"], inside, inside, victim)])
+        return inside, host.real_path(inside)
+
+    # A: the second file missing; the snapshot's file and all after it are there
+    inside, path = copy_without("before", names[1])
+    member = etcd_datadir.inspect_datadir(str(path), "full")
+    gap = [p for p in member["problems"] if p["severity"] == "error"]
+    assert [p["file"] for p in gap] == [names[2]] and names[1][:16] in gap[0]["message"], gap
+    assert member["prediction"]["outcome"] == "refuses" and member["prediction"]["error"] == "wal: crc mismatch"
+    assert member["verdict"] == "repairable" and member["wal"]["archive_first"] == [names[0]]
+    over_ssh = _run(lab, host.name, "path=%s depth=quick" % inside)[host.name]["member"]
+    assert over_ssh["prediction"] == member["prediction"] and over_ssh["verdict"] == "repairable"
+    real = real_start(lab, host, inside, name="mw", serve=True)
+    assert real["outcome"] == "refuses" and "wal: crc mismatch" in real["error"], real
+    # the remedy, as the module words it: archive the files before the gap, and etcd serves it all
+    lab.exec(host, ["sh", "-c", "mkdir %s.archived && mv %s %s.archived/" % (
+        inside, " ".join("%s/member/wal/%s" % (inside, n) for n in member["wal"]["archive_first"]), inside)])
+    real = real_start(lab, host, inside, name="mw", serve=True)
+    assert real["outcome"] == "serves", real
+    log = member["log"]
+    assert (real["raft"]["last_index"], real["raft"]["last_term"]) == (log["last_index"], log["last_term"])
+    assert real["status"]["header"]["revision"] == member["revision"] == healthy["revision"]
+    lab.exec(host, ["rm", "-rf", inside, inside + ".archived"])
+
+    # B: the third file missing: the snapshot's file, and the entries after the snapshot in it
+    inside, path = copy_without("after", names[2])
+    member = etcd_datadir.inspect_datadir(str(path), "full")
+    gap = [p for p in member["problems"] if p["severity"] == "error"]
+    assert [p["file"] for p in gap] == [names[3]] and member["verdict"] == "unusable", gap
+    assert member["prediction"]["outcome"] == "refuses" and member["prediction"]["error"] == "wal: crc mismatch"
+    real = real_start(lab, host, inside, name="mw", serve=True)
+    assert real["outcome"] == "refuses" and "wal: crc mismatch" in real["error"], real
+    lab.exec(host, ["rm", "-rf", inside])
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ members are gone from the membership.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -154,3 +155,72 @@ def test_five_members_losing_three(fresh_lab):
     proc = _recover(lab, '{"recover_lost": ["h1", "h2", "h3"]}')
     assert _plan_winner(proc.stdout) in ("h4", "h5")
     _assert_recovered(lab, survivors, {"key": (1000, 32)}, voters=1)
+
+
+def test_a_cluster_that_does_not_come_back_fails_by_its_timeout_and_a_rerun_finishes(fresh_lab):
+    lab = fresh_lab
+    hosts = lab.up(3, keys=200)
+    lab.power_off("dqlite")
+    service = " ".join(lab.service_cmd)
+    # a start command that starts nothing: the verification must give up at its timeout, naming it
+    no_start = json.dumps({"recover_verify_timeout": 20, "recover_service_commands": {
+        "start": "true", "stop": "%s dqlite stop" % service, "status": "%s dqlite status" % service}})
+    stuck = _recover(lab, no_start, check=False)
+    assert stuck.returncode != 0, stuck.stdout[-2000:]
+    assert "did not reach the planned membership within 20 s" in stuck.stdout, stuck.stdout[-3000:]
+    # the journal says the members were being started: a re-run only starts and verifies
+    again = _recover(lab)
+    assert "COMPLETE" in again.stdout and "Reconfigure ONCE" not in _ran_tasks(again.stdout), again.stdout[-3000:]
+    _assert_recovered(lab, hosts, {"key": (200, 32)}, voters=3)
+
+
+def _ran_tasks(output):
+    """The names of the tasks that did something other than skip."""
+    ran, name = [], None
+    for line in output.splitlines():
+        if line.startswith("TASK ["):
+            name = line
+        elif name and line.startswith(("ok:", "changed:")):
+            ran.append(name)
+            name = None
+    return "\n".join(ran)
+
+
+def test_member_whose_address_changed(fresh_lab):
+    lab = fresh_lab
+    hosts = lab.up(3, keys=1000)
+    for host in hosts:  # the cluster is down while h2's machine gets a new address (a new lease)
+        lab.service(host, "dqlite", "stop")
+        lab.service(host, "etcd", "stop")
+    old = hosts[1].dqlite_address
+    new_ip = str(lab.subnet.network_address + 42)
+    h2 = lab.readdress(hosts[1], new_ip)
+    h1, h3 = hosts[0], hosts[2]
+    assert h2.address == new_ip and lab.host("h2") == h2
+    before = {h.name: sorted(os.listdir(h.real_path(h.dqlite_data_dir))) for h in (h1, h2, h3)}
+
+    # Not told, the plan notices that h2's host no longer holds the address in its info.yaml and
+    # refuses before any change: reconfigured under the old address, h2 would never start again
+    # (go-dqlite: address in info.yaml does not match) and the others would call the old one.
+    refused = _recover(lab, check=False)
+    assert refused.returncode != 0, refused.stdout[-3000:]
+    assert ("h2: its dqlite address %s (info.yaml) is not an address of the host any more" % old) in refused.stdout
+    assert 'recover_addresses={\\"h2\\": \\"%s\\"}' % h2.dqlite_address in refused.stdout, refused.stdout[-3000:]
+    assert re.search(r"changed=0 ", refused.stdout) and not re.search(r"changed=[1-9]", refused.stdout)
+    assert {h.name: sorted(os.listdir(h.real_path(h.dqlite_data_dir))) for h in (h1, h2, h3)} == before
+
+    addresses = '{"recover_addresses": {"h2": "%s"}}' % h2.dqlite_address
+    proc = _recover(lab, addresses)
+    out = proc.stdout
+    assert "%s -> %s" % (old, h2.dqlite_address) in out, out[-4000:]
+    assert re.search(r"Write info.yaml with the new address.*\n(.*\n)*?changed: \[h2\]", out)
+    _assert_recovered(lab, [h1, h2, h3], {"key": (1000, 32)}, voters=3)
+    for host in (h1, h2, h3):  # every member, asked itself, names h2 by its new address only
+        addresses_seen = sorted(n["Address"] for n in lab.dqlite_nodes(host))
+        assert addresses_seen == sorted([h1.dqlite_address, h2.dqlite_address, h3.dqlite_address]), addresses_seen
+    info = h2.real_path(h2.dqlite_data_dir + "/info.yaml").read_text()
+    assert "Address: %s" % h2.dqlite_address in info, info
+    # a second run changes nothing
+    again = _recover(lab, addresses)
+    assert "nothing to do" in again.stdout and re.search(r"changed=0 ", again.stdout), again.stdout[-2000:]
+    assert not re.search(r"changed=[1-9]", again.stdout), again.stdout[-2000:]

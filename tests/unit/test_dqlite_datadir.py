@@ -158,3 +158,25 @@ def test_depths_agree_on_a_healthy_dir(tmp_path, depth):
     _datadir(tmp_path, snapshot=25, opened=[(31, 33)])
     member = dqlite_datadir.inspect_datadir(str(tmp_path), depth)
     assert member["verdict"] == "healthy" and member["prediction"]["last_index"] == 33
+
+
+@pytest.mark.parametrize("address, local", [
+    ("127.0.0.1:9001", True),          # loopback: every host has it
+    ("192.0.2.250:9001", False),       # TEST-NET-1: no host here holds it
+    ("name.invalid:9001", None),       # does not resolve: cannot tell
+    ("", None),
+    ("no-port", None),
+])
+def test_address_is_local(address, local):
+    assert dqlite_datadir.address_is_local(address) is local
+
+
+def test_an_info_yaml_address_the_host_lost_is_a_warning_not_a_verdict(tmp_path):
+    # the synthetic info.yaml names 10.0.0.1, which this test host does not hold: the member's
+    # data is as good as before, only its address moved
+    _datadir(tmp_path)
+    member = _inspect(tmp_path)
+    assert member["address_local"] is False
+    assert member["verdict"] == "healthy", member["problems"]
+    warning = next(p for p in member["problems"] if p["file"] == "info.yaml" and p["severity"] == "warning")
+    assert "10.0.0.1:9001" in warning["message"] and "not an address of this host" in warning["message"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 import struct
+import subprocess
 
 import pytest
 
@@ -135,6 +136,72 @@ def test_lz4_frame_checks_header_size_and_content():
         fmt.verify_lz4_frame(bytes(damaged))
     with pytest.raises(fmt.FormatError, match="truncated"):
         fmt.verify_lz4_frame(frame[:-20])
+
+
+def _real_lz4(tmp_path, content, *flags):
+    """A frame made by the real lz4 tool with raft's settings (64 KiB blocks, content size,
+    content checksum), plus flags (-BX adds block checksums)."""
+    raw = tmp_path / "content"
+    raw.write_bytes(content)
+    subprocess.run(["lz4", "-q", "-f", "-B4", "--content-size", *flags, str(raw), str(tmp_path / "frame")], check=True)
+    return tmp_path / "frame"
+
+
+def _rewrite_header(frame, content_size):
+    """The same frame claiming another content size, its header checksum made right again."""
+    damaged = bytearray(frame)
+    struct.pack_into("<Q", damaged, 6, content_size)
+    damaged[14] = (fmt.xxh32(bytes(damaged[4:14])) >> 8) & 0xFF
+    return bytes(damaged)
+
+
+LZ4_DAMAGE = {
+    "flip mid-frame": (lambda f: f[:len(f) // 2] + bytes([f[len(f) // 2] ^ 0x5A]) + f[len(f) // 2 + 1:], r"block \d+"),
+    "content checksum": (lambda f: f[:-1] + bytes([f[-1] ^ 1]), "content checksum invalid"),
+    "content size": (lambda f: _rewrite_header(f, struct.unpack_from("<Q", f, 6)[0] + 1), "content size"),
+    "truncated": (lambda f: f[:-5000], "truncated"),
+    "block checksum": (lambda f: f[:7 + 8 + 4 + struct.unpack_from("<I", f, 15)[0] & 0x7FFFFFFF]
+                       + b"\0\0\0\0" + f[7 + 8 + 4 + 4 + struct.unpack_from("<I", f, 15)[0] & 0x7FFFFFFF:],
+                       "block 1 checksum mismatch"),
+}
+
+
+@pytest.mark.parametrize("engine", ["library", "tool", "python"])
+def test_every_lz4_engine_checks_real_frames_and_names_each_damage(tmp_path, engine):
+    rng = random.Random(3)
+    pages = [bytes(rng.randrange(256) for _b in range(512)) * 4 for _p in range(40)]
+    content = b"".join(pages[i % 40] for i in range(200))  # 400 KiB: several 64 KiB blocks
+    good = _real_lz4(tmp_path, content, "-BX").read_bytes()
+    summary = fmt.check_lz4_file(str(tmp_path / "frame"), True, engine)
+    assert summary["checked_by"] == engine and summary["blocks"] >= 6 and summary["content_size"] == len(content)
+    assert summary["decoded_size"] == (None if engine == "tool" else len(content))
+    assert fmt.check_lz4_file(str(tmp_path / "frame"), False, engine)["checked_by"] == "structure only"
+    for name, (damage, expected) in LZ4_DAMAGE.items():
+        path = tmp_path / name.replace(" ", "-")
+        path.write_bytes(damage(good))
+        with pytest.raises(fmt.FormatError, match=expected) as found:
+            fmt.check_lz4_file(str(path), True, engine)
+        exact = None
+        try:
+            fmt.verify_lz4_frame(path.read_bytes())
+        except fmt.FormatError as error:
+            exact = error
+        assert exact is not None and str(found.value).startswith(str(exact)), (name, found.value, exact)
+        assert found.value.offset == exact.offset, name
+
+
+def test_lz4_engine_choice_and_clear_errors(monkeypatch):
+    assert fmt.lz4_engine("auto") == "library"  # the pinned controller list and the lab have python-lz4
+    with pytest.raises(ValueError, match="'snappy'"):
+        fmt.lz4_engine("snappy")
+    monkeypatch.setattr(fmt, "_lz4_frame", None)
+    assert fmt.lz4_engine("auto") == "tool"
+    with pytest.raises(ValueError, match="not on this host .python3 module lz4.frame"):
+        fmt.lz4_engine("library")
+    monkeypatch.setattr(fmt.shutil, "which", lambda _name: None)
+    assert fmt.lz4_engine("auto") == "python"
+    with pytest.raises(ValueError, match="not on this host .lz4 command on PATH"):
+        fmt.lz4_engine("tool")
 
 
 def test_lz4_block_decoder_handles_overlapping_matches():

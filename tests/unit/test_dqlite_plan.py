@@ -150,3 +150,55 @@ def test_table_and_picture_show_every_member():
     assert plan["table"][2].split()[:3] == ["h1", "101", addr("h1")]
     lines = {line.split()[0]: line for line in plan["picture"][1:4]}
     assert "<- winner" in lines["h1"] and "20 behind" in lines["h3"] and "S" in lines["h3"]
+
+
+def moved(host, **facts):
+    """h's facts after its host's address changed: info.yaml and the log still name the old one."""
+    return dict(member(host, 2, 90 if host == "h2" else 100), address_local=False, **facts)
+
+
+def test_a_member_whose_host_lost_its_address_is_refused_until_the_new_one_is_given():
+    with pytest.raises(dp.PlanRefused, match=r'h2: its dqlite address 10.0.0.102:9001 \(info.yaml\) is not an address '
+                       r'of the host any more; .*recover_addresses=\{"h2": "<its new address>:<port>"\}'):
+        dp.make_plan(three(h2=moved("h2")))
+    # the inventory already names the new address: the refusal says exactly what to pass
+    with pytest.raises(dp.PlanRefused, match=r'recover_addresses=\{"h2": "10.9.9.9:9001"\}'):
+        dp.make_plan(three(h2=moved("h2")), hosts={"h1": addr("h1"), "h2": "10.9.9.9:9001", "h3": addr("h3")})
+    plan = dp.make_plan(three(h2=moved("h2", new_address_local=True)), addresses={"h2": "10.9.9.9:9001"},
+                        hosts={"h1": addr("h1"), "h2": "10.9.9.9:9001", "h3": addr("h3")})
+    assert {m["host"]: m["address"] for m in plan["membership"]} == {
+        "h1": addr("h1"), "h2": "10.9.9.9:9001", "h3": addr("h3")}
+    row = next(m for m in plan["members"] if m["host"] == "h2")
+    assert row["address"] == addr("h2") and row["new_address"] == "10.9.9.9:9001"
+    assert any("10.0.0.102:9001 -> 10.9.9.9:9001" in line for line in plan["table"])
+    assert "write info.yaml with its new address 10.9.9.9:9001" in plan["actions"]["h2"]
+    assert not any("info.yaml" in a for a in plan["actions"]["h3"])
+    assert any("h2's address changes from 10.0.0.102:9001 to 10.9.9.9:9001" in w for w in plan["why"])
+
+
+def test_an_inventory_address_that_differs_from_info_yaml_is_refused_unless_declared():
+    hosts = {"h1": addr("h1"), "h2": "10.9.9.9:9001", "h3": addr("h3")}
+    with pytest.raises(dp.PlanRefused, match=r"h2: the inventory's recover_address 10.9.9.9:9001 differs from "
+                       r"10.0.0.102:9001 in its info.yaml"):
+        dp.make_plan(three(), hosts=hosts)
+    assert dp.make_plan(three(), hosts=hosts, addresses={"h2": "10.9.9.9:9001"})["membership"][1]["address"] \
+        == "10.9.9.9:9001"
+
+
+@pytest.mark.parametrize("facts, addresses, hosts, match", [
+    # a typo: the host does not hold the address given
+    ({"new_address_local": False}, {"h2": "10.9.9.8:9001"}, {}, "10.9.9.8:9001, which is not an address of that host"),
+    # the inventory still names another address; the checks after the start would ask the wrong one
+    ({}, {"h2": "10.9.9.9:9001"}, {"h2": "10.9.9.8:9001"}, "make them agree"),
+    # two members on one address
+    ({}, {"h2": addr("h3")}, {}, "h2 and h3 would both have the address 10.0.0.103:9001"),
+])
+def test_a_new_address_that_cannot_work_is_refused(facts, addresses, hosts, match):
+    with pytest.raises(dp.PlanRefused, match=match):
+        dp.make_plan(three(h2=dict(member("h2", 2, 90), **facts)), addresses=addresses, hosts=hosts)
+
+
+def test_unknown_address_locality_refuses_nothing():
+    # facts from an older dqlite_facts, or a name that does not resolve: no address_local at all
+    plan = dp.make_plan(three(h2=dict(member("h2", 2, 90), address_local=None)))
+    assert plan["membership"][1]["address"] == addr("h2") and "new_address" in plan["members"][1]

@@ -73,8 +73,19 @@ def test_healthy_directory_reports_ids_log_hard_state_db_and_membership(tmp_path
 def test_a_later_entry_with_a_lower_index_truncates_the_tail(tmp_path):
     wal = eb.simple_wal(entries=6, files=1)
     wal.add(eb.ENTRY, eb.entry(3, 4))  # new leader overwrote index 4
+    wal.add(eb.STATE, eb.hard_state(3, 1, 4))
     facts, errors = _inspect(_dir(tmp_path, wal))
     assert not errors and (facts["log"]["last_index"], facts["log"]["last_term"]) == (4, 3)
+    assert facts["prediction"]["outcome"] == "starts"
+
+
+def test_hard_state_commit_beyond_the_last_entry_makes_raft_panic(tmp_path):
+    wal = eb.simple_wal(entries=6, files=1)
+    wal.add(eb.ENTRY, eb.entry(3, 4))  # overwrites index 4 although commit 6 was persisted
+    facts, errors = _inspect(_dir(tmp_path, wal))
+    assert facts["verdict"] == "unusable" and "beyond the last entry 4" in errors[0]["message"]
+    assert facts["prediction"]["outcome"] == "panics"
+    assert facts["prediction"]["error"] == "state.commit 6 is out of range"
 
 
 def test_torn_tail_is_repairable_and_names_file_and_offset(tmp_path):
@@ -89,6 +100,9 @@ def test_torn_tail_is_repairable_and_names_file_and_offset(tmp_path):
     assert errors[0]["file"] == name and errors[0]["offset"] == last_offset and errors[0]["repairable"]
     assert "truncate it at offset %d" % last_offset in errors[0]["etcd_would"]
     assert facts["log"]["last_index"] == 6  # entry 7 was the torn record
+    assert facts["prediction"]["outcome"] == "starts"
+    assert facts["prediction"]["changes"] == [{"action": "truncate", "file": name, "offset": last_offset,
+                                               "keep": name + ".broken"}]
     # the same record with one sector of garbage instead of zeros is corruption, not a torn write
     wal.files[-1] = (name, bytearray(data[:(last_offset // 512 + 1) * 512] + b"\x55" * 2048))
     facts, errors = _inspect(_dir(tmp_path / "garbage", wal, db=eb.etcd_db(consistent_index=5)))
@@ -103,7 +117,9 @@ def test_crc_break_mid_log_is_unusable_with_the_right_file_and_offset(tmp_path):
     facts, errors = _inspect(_dir(tmp_path, wal))
     assert facts["verdict"] == "unusable"
     assert errors[0]["file"] == name == wal.files[0][0] and errors[0]["offset"] == offset
-    assert "cannot be repaired" in errors[0]["etcd_would"]
+    assert "refuse to start" in errors[0]["etcd_would"]
+    assert facts["prediction"] == {"starts": False, "outcome": "refuses", "error": "walpb: crc mismatch", "file": name,
+                                   "reason": errors[0]["message"], "changes": [], "last_index": None}
 
 
 def test_crc_break_in_the_last_file_without_a_zero_sector_is_not_torn(tmp_path):
@@ -118,9 +134,124 @@ def test_missing_wal_in_the_sequence_is_unusable(tmp_path):
     wal = eb.simple_wal(entries=9, files=3)
     path = _dir(tmp_path, wal)
     os.remove(os.path.join(path, "member", "wal", wal.files[1][0]))
+    for depth in ("full", "quick"):  # quick does not hash the first file: the names still tell
+        facts, errors = _inspect(path, depth)
+        assert facts["verdict"] == "unusable" and errors[0]["file"] == wal.files[2][0]
+        assert "sequence" in errors[0]["message"] and len(errors) == 1, errors
+        assert facts["prediction"]["outcome"] == "refuses" and facts["prediction"]["error"] == "wal: crc mismatch"
+
+
+def _four_files_snapshot_in_the_third():
+    """Files 0..3, entries 1..16 (4 a file), a snapshot at index 10 (in file 2), .snap and db at 10."""
+    wal = eb.Wal()
+    wal.cut(0, 0)
+    wal.add(eb.METADATA, eb.metadata(1, 0xC1))
+    wal.add(eb.SNAPSHOT, eb.wal_snapshot(0, 0))
+    for index in range(1, 17):
+        if index in (5, 9, 13):
+            wal.cut(len(wal.files), index)
+            wal.add(eb.METADATA, eb.metadata(1, 0xC1))
+        payload = eb.conf_change(1, 0, "m1", ["http://10.0.0.1:2380"]) if index == 1 else b"put %d" % index
+        wal.add(eb.ENTRY, eb.entry(2, index, 1 if index == 1 else 0, payload))
+        wal.add(eb.STATE, eb.hard_state(2, 1, index))
+        if index == 10:
+            wal.add(eb.SNAPSHOT, eb.wal_snapshot(10, 2))
+    snaps = {"0000000000000002-000000000000000a.snap": eb.snap_file(2, 10, voters=[1])}
+    return wal, snaps
+
+
+@pytest.mark.parametrize("depth", ["full", "quick"])
+def test_missing_wal_before_the_snapshot_file_is_repairable_by_archiving_the_older_files(tmp_path, depth):
+    wal, snaps = _four_files_snapshot_in_the_third()
+    path = _dir(tmp_path, wal, snaps, eb.etcd_db(consistent_index=10))
+    facts, errors = _inspect(path, depth)
+    assert not errors and facts["prediction"]["outcome"] == "starts" and facts["log"]["last_index"] == 16
+    assert facts["wal"]["selected_from"] == wal.files[2][0]
+    os.remove(os.path.join(path, "member", "wal", wal.files[1][0]))
+    facts, errors = _inspect(path, depth)
+    # etcd reads every file from the first: the chain breaks at file 2, so it refuses to start ...
+    assert facts["prediction"]["outcome"] == "refuses" and facts["prediction"]["error"] == "wal: crc mismatch"
+    assert [e["file"] for e in errors] == [wal.files[2][0]] and "sequence" in errors[0]["message"]
+    # ... and moving file 0 away leaves files 2 and 3, which hold the snapshot and all after it
+    assert facts["verdict"] == "repairable" and errors[0]["repairable"]
+    assert wal.files[0][0] in errors[0]["remedy"] and errors[0]["data_lost"].startswith("nothing")
+    assert facts["wal"]["archive_first"] == [wal.files[0][0]] and facts["log"]["last_index"] == 16
+    # the file that holds the snapshot missing: entries 11..12 are gone for good
+    os.rename(os.path.join(path, "member", "wal", wal.files[0][0]), os.path.join(str(tmp_path), "moved"))
+    os.rename(os.path.join(str(tmp_path), "moved"), os.path.join(path, "member", "wal", wal.files[0][0]))
+    with open(os.path.join(path, "member", "wal", wal.files[1][0]), "wb") as handle:
+        handle.write(bytes(wal.files[1][1]) + b"\0" * 4096)
+    os.remove(os.path.join(path, "member", "wal", wal.files[2][0]))
+    facts, errors = _inspect(path, depth)
+    assert facts["verdict"] == "unusable" and [e["file"] for e in errors] == [wal.files[3][0]]
+    assert facts["prediction"]["error"] == "wal: crc mismatch" and facts["log"]["last_index"] is None
+
+
+def test_a_crc_break_before_a_gap_is_what_etcd_reports_and_the_gap_is_listed_too(tmp_path):
+    wal = eb.simple_wal(entries=12, files=4)
+    file_no, offset = wal.offsets[4]
+    wal.files[file_no][1][offset + 12] ^= 0x01
+    path = _dir(tmp_path, wal)
+    os.remove(os.path.join(path, "member", "wal", wal.files[2][0]))
     facts, errors = _inspect(path)
-    assert facts["verdict"] == "unusable" and errors[0]["file"] == wal.files[2][0]
-    assert "sequence" in errors[0]["message"]
+    assert facts["prediction"]["error"] == "walpb: crc mismatch" and facts["prediction"]["file"] == wal.files[0][0]
+    assert [e["file"] for e in errors] == [wal.files[0][0], wal.files[3][0]] and facts["verdict"] == "unusable"
+
+
+def test_a_purged_prefix_is_not_a_gap(tmp_path):
+    wal, snaps = _four_files_snapshot_in_the_third()
+    path = _dir(tmp_path, wal, snaps, eb.etcd_db(consistent_index=10))
+    for number in (0, 1):  # what --max-wals purging leaves: the oldest files gone
+        os.remove(os.path.join(path, "member", "wal", wal.files[number][0]))
+    facts, errors = _inspect(path)
+    assert not errors and facts["verdict"] == "healthy" and facts["log"]["last_index"] == 16
+
+
+def test_a_snap_without_a_wal_snapshot_record_is_skipped(tmp_path):
+    wal, snaps = _four_files_snapshot_in_the_third()
+    snaps["0000000000000002-000000000000000f.snap"] = eb.snap_file(2, 15, voters=[1])  # crash before the record
+    facts, errors = _inspect(_dir(tmp_path, wal, snaps, eb.etcd_db(consistent_index=10)))
+    assert not errors and facts["snapshot_loaded"]["index"] == 10, errors
+    assert any(p["severity"] == "info" and p["file"].endswith("f.snap") for p in facts["problems"])
+    assert facts["prediction"] == {"starts": True, "outcome": "starts", "error": None, "file": None, "reason": None,
+                                   "changes": [], "last_index": 16}
+
+
+def test_length_word_over_the_record_limit_is_refused_not_torn(tmp_path):
+    wal = eb.simple_wal(entries=6, files=1)
+    name, data = wal.files[-1]
+    data.extend(struct.pack("<Q", 10 * 1024 * 1024) + b"\0" * 64)  # at the end of the data, in the last file
+    facts, errors = _inspect(_dir(tmp_path, wal))
+    assert facts["verdict"] == "unusable" and errors[0]["file"] == name
+    assert facts["prediction"]["outcome"] == "refuses"
+    assert facts["prediction"]["error"] == "wal: max entry size limit exceeded"
+
+
+def test_partial_length_word_in_the_last_file_is_repaired_and_in_an_older_file_refused(tmp_path):
+    wal = eb.simple_wal(entries=6, files=2)
+    end = len(wal.files[-1][1])
+    wal.write(os.path.join(str(tmp_path / "a"), "member", "wal"), prealloc=0)
+    eb.member_dir(str(tmp_path / "a"), eb.Wal(), db=eb.etcd_db(consistent_index=6))
+    with open(os.path.join(str(tmp_path / "a"), "member", "wal", wal.files[-1][0]), "ab") as handle:
+        handle.write(b"\0\0\0")  # three bytes of a length word: Go's binary.Read says unexpected EOF
+    facts, errors = _inspect(str(tmp_path / "a"))
+    assert facts["verdict"] == "repairable" and errors[0]["offset"] == end
+    assert facts["prediction"]["changes"][0]["offset"] == end
+    first = os.path.join(str(tmp_path / "a"), "member", "wal", wal.files[0][0])
+    with open(first, "r+b") as handle:
+        handle.truncate(len(wal.files[0][1]) - 5)  # the older file's last record cut short
+    facts, errors = _inspect(str(tmp_path / "a"))
+    assert facts["verdict"] == "unusable" and errors[0]["file"] == wal.files[0][0]
+    assert facts["prediction"]["outcome"] == "refuses" and facts["prediction"]["error"] == "unexpected EOF"
+
+
+def test_no_wal_bootstraps_a_new_member(tmp_path):
+    path = _dir(tmp_path)
+    for name in os.listdir(os.path.join(path, "member", "wal")):
+        os.remove(os.path.join(path, "member", "wal", name))
+    facts, errors = _inspect(path)
+    assert facts["verdict"] == "unusable" and errors[0]["file"] == "member/wal"
+    assert facts["prediction"]["outcome"] == "new-member" and facts["revision"] == 20
 
 
 def _snap_wal():
@@ -147,11 +278,18 @@ def test_snapshot_newer_than_db_needs_its_snap_db(tmp_path):
     facts, errors = _inspect(_dir(tmp_path, _snap_wal(), snaps, eb.etcd_db(consistent_index=5)))
     assert facts["verdict"] == "unusable" and errors[0]["file"] == "member/snap/0000000000000008.snap.db"
     assert "failed to find database snapshot file" in errors[0]["etcd_would"]
+    assert facts["prediction"]["outcome"] == "panics"
+    assert facts["prediction"]["error"].startswith("failed to recover v3 backend from snapshot")
     assert facts["snapshot_loaded"]["index"] == 8 and facts["membership"]["voters"][0]["id"] == "1"
     with open(os.path.join(str(tmp_path), "member", "snap", "0000000000000008.snap.db"), "wb") as handle:
         handle.write(eb.etcd_db(consistent_index=8))
     facts, errors = _inspect(str(tmp_path))
     assert not errors and facts["verdict"] == "healthy"
+    assert facts["prediction"]["changes"] == [{"action": "replace", "file": "member/snap/db",
+                                               "with": "0000000000000008.snap.db"}]
+    os.remove(os.path.join(str(tmp_path), "member", "snap", "db"))  # etcd creates an empty one, then the same
+    facts, errors = _inspect(str(tmp_path))
+    assert not errors and facts["prediction"]["changes"][0]["with"] == "0000000000000008.snap.db"
 
 
 @pytest.mark.parametrize("pages, verdict", [((0,), "repairable"), ((1,), "repairable"), ((0, 1), "unusable")])
@@ -164,6 +302,11 @@ def test_bbolt_meta_checksum_bad_on_one_page_and_on_both(tmp_path, pages, verdic
     assert "checksum" in errors[0]["message"]
     if verdict == "repairable":
         assert facts["db"]["meta_used"] == 1 - pages[0] and facts["revision"] == 20
+        assert facts["prediction"]["outcome"] == "starts"
+    else:
+        assert facts["prediction"] == {"starts": False, "outcome": "panics", "file": "member/snap/db",
+                                       "error": "failed to open database: checksum error",
+                                       "reason": errors[0]["message"], "changes": [], "last_index": None}
 
 
 def test_bbolt_page_pointing_outside_the_file_and_a_truncated_db(tmp_path):
