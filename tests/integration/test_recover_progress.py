@@ -83,7 +83,8 @@ def test_a_recovery_shows_the_progress_of_every_long_step(lab, tmp_path):
     # look, only those are printed; its start and end are in the summary)
     lines = _progress(out.splitlines())
     assert any(0 < int(r["pct"]) < 100 for r in lines), "\n".join(safety + restore)
-    assert {r["label"] for r in lines} <= {"safety archive", "winner's archive", "restore"}
+    assert {r["label"] for r in lines} <= {"safety archive", "winner's archive", "restore",
+                                         "fetch the winner's archive", "send the winner's archive"}
 
     # the files the lines came from are removed once shown; the archives stay
     for host in lab.hosts():
