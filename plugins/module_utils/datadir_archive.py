@@ -7,17 +7,23 @@ An archive is a gzip'd tar whose last member, MANIFEST.json, lists every file wi
 sha256, plus whatever the caller records (recovery id, source host, log position). Beside it,
 NAME.sha256 holds the digest of the archive file itself. Archives are written to a temporary
 name, fsync'd and renamed, so a half-written archive never carries a real name.
+Long reads and writes report to an optional progress object (module_utils.progress.Progress:
+phase(name, total), advance(bytes)); `locked` keeps two runs of a module (an asynchronous one left
+by an interrupted playbook, and the re-run's) from working on the same files at once.
 Standard library only: this runs on the targets.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 import time
+import zlib
 
 MANIFEST = "MANIFEST.json"
 CHUNK = 1 << 20
@@ -27,12 +33,50 @@ class ArchiveError(Exception):
     """The archive is missing, damaged or does not match; the message names the file."""
 
 
-def sha256_file(path):
+class _NoProgress:
+    def phase(self, name, total=None):
+        pass
+
+    def advance(self, count):
+        pass
+
+
+NO_PROGRESS = _NoProgress()
+
+
+def sha256_file(path, progress=NO_PROGRESS):
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(CHUNK), b""):
             digest.update(chunk)
+            progress.advance(len(chunk))
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def locked(directory, on_wait=None, interval=1.0, shared=False):
+    """Hold a lock on `directory` (flock on the directory itself: no lock file); exclusive for
+    a writer, `shared` for a reader that must not see a writer's work half done.
+
+    While another process holds it (an asynchronous run left working by an interrupted
+    playbook), waits, calling on_wait(seconds waited so far) every `interval` seconds; yields
+    the seconds it waited. The kernel releases the lock when its holder ends, however it ends
+    (SIGKILL included), so a dead holder never blocks anyone."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        began, waited = time.monotonic(), 0.0
+        while True:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                waited = time.monotonic() - began
+                if on_wait:
+                    on_wait(waited)
+                time.sleep(max(0.05, interval))
+        yield time.monotonic() - began if waited else 0.0
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def list_files(root, include=None, exclude=()):
@@ -54,14 +98,29 @@ def list_files(root, include=None, exclude=()):
 
 
 class _HashingReader:
-    def __init__(self, handle):
-        self.handle, self.digest, self.size = handle, hashlib.sha256(), 0
+    def __init__(self, handle, progress=NO_PROGRESS):
+        self.handle, self.digest, self.size, self.progress = handle, hashlib.sha256(), 0, progress
 
     def read(self, size=-1):
         data = self.handle.read(size)
         self.digest.update(data)
         self.size += len(data)
+        self.progress.advance(len(data))
         return data
+
+
+class _HashingWriter:
+    """The archive's sha256 computed from the bytes as they are written (no second read)."""
+
+    def __init__(self, handle):
+        self.handle, self.digest = handle, hashlib.sha256()
+
+    def write(self, data):
+        self.digest.update(data)
+        return self.handle.write(data)
+
+    def flush(self):
+        self.handle.flush()
 
 
 def _fsync_dir(path):
@@ -97,17 +156,34 @@ def write_atomic(path, data, mode=0o600):
         handle.write(data)
 
 
-def create(root, dest, files, extra=None, mode=0o600):
+def remove_stale_temporaries(path):
+    """Remove what _atomic left beside `path` when its writer was killed (path.tmp-PID).
+
+    Call only while holding the lock of path's folder: then no live writer owns them. They never
+    carried the real name, so nothing ever trusted them; this only gives the space back."""
+    folder, base = os.path.split(os.path.abspath(path))
+    pattern = re.compile(re.escape(base) + r"(\.sha256)?\.tmp-\d+$")
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        if pattern.match(name):
+            os.unlink(os.path.join(folder, name))
+            removed.append(name)
+    return removed
+
+
+def create(root, dest, files, extra=None, mode=0o600, progress=NO_PROGRESS):
     """Archive `files` (relative to root) to dest atomically; returns the manifest."""
     os.makedirs(os.path.dirname(os.path.abspath(dest)), mode=0o700, exist_ok=True)
     entries = []
-    with _atomic(dest, mode) as (raw, tmp):
-        with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=1) as tar:
+    progress.phase("archive", sum(os.path.getsize(os.path.join(root, rel)) for rel in files))
+    with _atomic(dest, mode) as (raw, _tmp):
+        out = _HashingWriter(raw)
+        with tarfile.open(fileobj=out, mode="w:gz", compresslevel=1) as tar:
             for rel in files:
                 full = os.path.join(root, rel)
                 with open(full, "rb") as handle:
                     info = tar.gettarinfo(full, arcname=rel, fileobj=handle)
-                    reader = _HashingReader(handle)
+                    reader = _HashingReader(handle, progress)
                     tar.addfile(info, reader)
                     if reader.size != info.size:
                         raise ArchiveError("%s changed size while it was archived" % full)
@@ -120,8 +196,7 @@ def create(root, dest, files, extra=None, mode=0o600):
             info = tarfile.TarInfo(MANIFEST)
             info.size, info.mode, info.mtime = len(blob), 0o600, int(time.time())
             tar.addfile(info, io.BytesIO(blob))
-        raw.flush()
-        digest = sha256_file(tmp)
+        digest = out.digest.hexdigest()
     write_atomic(dest + ".sha256", ("%s  %s\n" % (digest, os.path.basename(dest))).encode(), mode)
     manifest["archive_sha256"] = digest
     return manifest
@@ -141,52 +216,32 @@ def _safe_member(member):
         raise ArchiveError("unsafe or unexpected member %r" % name)
 
 
-def verify(dest, expected_sha256=None, extract_to=None):
+def verify(dest, expected_sha256=None, extract_to=None, progress=NO_PROGRESS):
     """Check the archive's digest and every file against its manifest; optionally extract.
 
+    One sequential read of the archive: its sha256 is computed from the same bytes the tar reader
+    consumes (an extraction goes to a folder the caller throws away unless this returns).
     Returns the manifest. Raises ArchiveError naming what does not match."""
     if not os.path.isfile(dest):
         raise ArchiveError("%s does not exist" % dest)
-    digest = sha256_file(dest)
     wanted = expected_sha256 or recorded_digest(dest)
     if wanted is None:
         raise ArchiveError("%s has no %s.sha256 and no expected checksum was given" % (dest, dest))
+    progress.phase("extract" if extract_to is not None else "verify", os.path.getsize(dest))
+    seen, manifest, unreadable = {}, None, None
+    with open(dest, "rb") as raw:
+        reader = _HashingReader(raw, progress)
+        try:
+            manifest = _read_members(reader, seen, extract_to)
+        except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error) as exc:
+            unreadable = exc
+        for _chunk in iter(lambda: reader.read(CHUNK), b""):
+            pass  # the rest of the file (tar end blocks, gzip trailer) belongs to the digest too
+    digest = reader.digest.hexdigest()
     if digest != wanted:
         raise ArchiveError("%s: sha256 %s, expected %s" % (dest, digest, wanted))
-    seen, manifest = {}, None
-    try:
-        with tarfile.open(dest, mode="r:gz") as tar:
-            for member in tar:
-                _safe_member(member)
-                if member.isdir():
-                    continue
-                handle = tar.extractfile(member)
-                if member.name == MANIFEST:
-                    manifest = json.loads(handle.read().decode())
-                    continue
-                out = None
-                if extract_to is not None:
-                    target = os.path.join(extract_to, member.name)
-                    os.makedirs(os.path.dirname(target), exist_ok=True)
-                    out = open(target, "wb")
-                try:
-                    file_digest = hashlib.sha256()
-                    for chunk in iter(lambda: handle.read(CHUNK), b""):
-                        file_digest.update(chunk)
-                        if out:
-                            out.write(chunk)
-                    if out:
-                        out.flush()
-                        os.fsync(out.fileno())
-                finally:
-                    if out:
-                        out.close()
-                if extract_to is not None:
-                    os.chmod(target, member.mode & 0o7777)
-                    os.utime(target, (member.mtime, member.mtime))
-                seen[member.name] = file_digest.hexdigest()
-    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
-        raise ArchiveError("%s is unreadable: %s" % (dest, exc))
+    if unreadable is not None:
+        raise ArchiveError("%s is unreadable: %s" % (dest, unreadable))
     if manifest is None:
         raise ArchiveError("%s has no %s" % (dest, MANIFEST))
     listed = {e["name"]: e["sha256"] for e in manifest["files"]}
@@ -194,4 +249,40 @@ def verify(dest, expected_sha256=None, extract_to=None):
         bad = sorted(n for n in set(listed) | set(seen) if listed.get(n) != seen.get(n))
         raise ArchiveError("%s: files do not match its manifest: %s" % (dest, ", ".join(bad)))
     manifest["archive_sha256"] = digest
+    return manifest
+
+
+def _read_members(reader, seen, extract_to):
+    """Hash (and extract) every member of the tar stream; returns the manifest, or None."""
+    manifest = None
+    with tarfile.open(fileobj=reader, mode="r|gz") as tar:
+        for member in tar:
+            _safe_member(member)
+            if member.isdir():
+                continue
+            handle = tar.extractfile(member)
+            if member.name == MANIFEST:
+                manifest = json.loads(handle.read().decode())
+                continue
+            out = None
+            if extract_to is not None:
+                target = os.path.join(extract_to, member.name)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                out = open(target, "wb")
+            try:
+                file_digest = hashlib.sha256()
+                for chunk in iter(lambda: handle.read(CHUNK), b""):
+                    file_digest.update(chunk)
+                    if out:
+                        out.write(chunk)
+                if out:
+                    out.flush()
+                    os.fsync(out.fileno())
+            finally:
+                if out:
+                    out.close()
+            if extract_to is not None:
+                os.chmod(target, member.mode & 0o7777)
+                os.utime(target, (member.mtime, member.mtime))
+            seen[member.name] = file_digest.hexdigest()
     return manifest

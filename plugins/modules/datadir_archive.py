@@ -20,6 +20,11 @@ description:
   - With O(state=verified), only checks that O(dest) matches its checksum and every file its
     manifest.
   - Never deletes or changes anything in O(path).
+  - Two runs on the same O(dest) folder never work at once (they lock that folder). A run waits
+    for an earlier one that is still working, for example an asynchronous run left behind by an
+    interrupted playbook, then finds its archive and verifies it. Temporary files that a killed
+    run left beside O(dest) (never under the real name) are removed then.
+  - Long runs can report progress to O(progress_file) for M(quorum.recovery.progress_wait).
 author:
   - quorum.recovery maintainers (@quorum-recovery)
 extends_documentation_fragment:
@@ -60,6 +65,18 @@ options:
   checksum:
     description: The expected sha256 of the archive file (else C(dest.sha256) is used).
     type: str
+  progress_file:
+    description:
+      - Where to write progress records (phase, bytes done of total, rate) while the module runs,
+        at most one per O(progress_interval). The newest records stay in the file when the module
+        ends; M(quorum.recovery.progress_wait) shows them and removes the file.
+      - Use a new name for every run, so that no reader takes an earlier run's records for this one's.
+      - For a task run with C(async) and C(poll=0), read by M(quorum.recovery.progress_wait).
+    type: path
+  progress_interval:
+    description: Seconds between two progress records.
+    type: float
+    default: 1.0
 """
 
 EXAMPLES = r"""
@@ -70,6 +87,21 @@ EXAMPLES = r"""
     extra:
       recovery_id: r20261121
       host: node1
+
+- name: Archive in the background, showing progress on the controller
+  quorum.recovery.datadir_archive:
+    path: /var/snap/microk8s/current/var/kubernetes/backend
+    dest: /var/backups/quorum-recovery/r20261121/safety-node1.tar.gz
+    progress_file: /var/backups/quorum-recovery/r20261121/progress-safety.json
+  async: 21600
+  poll: 0
+  register: archive_job
+
+- name: Show its progress until it ends
+  quorum.recovery.progress_wait:
+    jid: "{{ archive_job.ansible_job_id }}"
+    progress_file: /var/backups/quorum-recovery/r20261121/progress-safety.json
+  register: archive
 
 - name: Verify an archive that arrived on another member
   quorum.recovery.datadir_archive:
@@ -91,12 +123,52 @@ existed:
   description: Whether the archive was already there (then it was verified, not rewritten).
   returned: success
   type: bool
+progress:
+  description: Each phase of the run (V(wait), V(archive), V(verify)) with the bytes it read and the seconds it took.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"phase": "archive", "bytes": 1288490188, "seconds": 12.4}, {"phase": "verify", "bytes": 301989888, "seconds": 3.1}]
 """
 
 import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
+from ansible_collections.quorum.recovery.plugins.module_utils import progress as prog
+
+
+class _Refused(Exception):
+    """A failure whose message is complete; main() turns it into fail_json."""
+
+
+def _run(module, progress):
+    p = module.params
+    dest, path = p["dest"], p["path"]
+    if p["state"] == "verified" or os.path.exists(dest):
+        try:
+            manifest = arch.verify(dest, p["checksum"], progress=progress)
+        except arch.ArchiveError as exc:
+            raise _Refused("archive check failed: %s" % exc)
+        return dict(changed=False, existed=True, manifest=manifest, archive_sha256=manifest["archive_sha256"])
+    if not os.path.isdir(path):
+        raise _Refused("path %s is not a directory; nothing was written" % path)
+    files = arch.list_files(path, p["include"], p["exclude"])
+    if p["include"] is not None:
+        missing = sorted(set(p["include"]) - set(files))
+        if missing:
+            raise _Refused("include names files that are not in %s: %s; nothing was written"
+                           % (path, ", ".join(missing)))
+    if module.check_mode:
+        return dict(changed=True, existed=False, manifest={"files": [{"name": f} for f in files]},
+                    archive_sha256=None)
+    try:
+        arch.remove_stale_temporaries(dest)
+        manifest = arch.create(path, dest, files, p["extra"], progress=progress)
+        manifest = arch.verify(dest, progress=progress)  # read back what was written before calling it done
+    except (OSError, arch.ArchiveError) as exc:
+        raise _Refused("archiving %s to %s failed: %s" % (path, dest, exc))
+    return dict(changed=True, existed=False, manifest=manifest, archive_sha256=manifest["archive_sha256"])
 
 
 def main():
@@ -109,34 +181,34 @@ def main():
             extra=dict(type="dict", default={}),
             state=dict(type="str", choices=["present", "verified"], default="present"),
             checksum=dict(type="str"),
+            progress_file=dict(type="path"),
+            progress_interval=dict(type="float", default=1.0),
         ),
         required_if=[("state", "present", ["path"])],
         supports_check_mode=True,
     )
-    dest, path = module.params["dest"], module.params["path"]
-    if module.params["state"] == "verified" or os.path.exists(dest):
-        try:
-            manifest = arch.verify(dest, module.params["checksum"])
-        except arch.ArchiveError as exc:
-            module.fail_json(msg="archive check failed: %s" % exc)
-        module.exit_json(changed=False, existed=True, manifest=manifest, archive_sha256=manifest["archive_sha256"])
-    if not os.path.isdir(path):
-        module.fail_json(msg="path %s is not a directory; nothing was written" % path)
-    files = arch.list_files(path, module.params["include"], module.params["exclude"])
-    if module.params["include"] is not None:
-        missing = sorted(set(module.params["include"]) - set(files))
-        if missing:
-            module.fail_json(msg="include names files that are not in %s: %s; nothing was written"
-                             % (path, ", ".join(missing)))
-    if module.check_mode:
-        module.exit_json(changed=True, existed=False, manifest={"files": [{"name": f} for f in files]},
-                         archive_sha256=None)
+    folder = os.path.dirname(os.path.abspath(module.params["dest"]))
+    # check mode writes nothing, not even progress
+    progress = prog.Progress(None if module.check_mode else module.params["progress_file"],
+                             module.params["progress_interval"])
     try:
-        manifest = arch.create(path, dest, files, module.params["extra"])
-        manifest = arch.verify(dest)  # read back what was written before calling it done
-    except (OSError, arch.ArchiveError) as exc:
-        module.fail_json(msg="archiving %s to %s failed: %s" % (path, dest, exc))
-    module.exit_json(changed=True, existed=False, manifest=manifest, archive_sha256=manifest["archive_sha256"])
+        if not module.check_mode and module.params["state"] == "present":
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+        if os.path.isdir(folder):
+            with arch.locked(folder, progress.waiting, min(progress.interval, 1.0)) as waited:
+                if waited:
+                    progress.waited(waited)
+                result = _run(module, progress)
+        else:
+            result = _run(module, progress)
+    except _Refused as exc:
+        progress.close()
+        module.fail_json(msg=str(exc), progress=progress.summary())
+    except OSError as exc:
+        progress.close()
+        module.fail_json(msg="%s: %s" % (module.params["dest"], exc), progress=progress.summary())
+    progress.close()
+    module.exit_json(progress=progress.summary(), **result)
 
 
 if __name__ == "__main__":

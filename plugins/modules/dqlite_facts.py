@@ -21,6 +21,9 @@ description:
   - Strictly read-only unless O(quarantine) or O(cut) is given. Those move named files aside
     into a quarantine folder with a manifest (never deleting), or cut an open segment at the end
     of its last complete batch after keeping the original in the quarantine folder.
+  - On a member where dqlite is stopped, waits while M(quorum.recovery.dqlite_restore) works on
+    O(path) (a restore left working by an interrupted playbook holds a lock on the folder), so it
+    never reads a directory half restored.
 author:
   - quorum.recovery maintainers (@quorum-recovery)
 extends_documentation_fragment:
@@ -222,6 +225,7 @@ quarantine_dir:
   type: str
 """
 
+import contextlib
 import datetime
 import json
 import os
@@ -304,6 +308,20 @@ def _apply(module, facts, proposed_cut):
     return qdir, manifest
 
 
+@contextlib.contextmanager
+def _settled(path, exclusive):
+    """Wait until no restore of this collection works on `path` (one left working by an
+    interrupted playbook holds the folder's lock), so the directory is never read half
+    restored; hold the lock shared while reading, exclusive while repairing. A member where
+    dqlite runs is read as it is: a restore never runs there, and the engine's own locks
+    must not make this wait."""
+    if dqlite_datadir.is_running(path)["running"]:
+        yield
+        return
+    with arch.locked(path, shared=not exclusive):
+        yield
+
+
 def _inspect(module, path):
     facts = dqlite_datadir.inspect_datadir(path, module.params["depth"], module.params["auto_recovery"],
                                            module.params["lz4_engine"])
@@ -329,18 +347,20 @@ def main():
     path = module.params["path"]
     if not os.path.isdir(path):
         module.fail_json(msg="path %s is not a directory" % path)
-    try:
-        facts = _inspect(module, path)
-    except OSError as exc:
-        module.fail_json(msg="cannot read %s: %s" % (path, exc))
-    except ValueError as exc:
-        module.fail_json(msg="lz4_engine=%s: %s" % (module.params["lz4_engine"], exc))
-    if not (module.params["quarantine"] or module.params["cut"]):
-        module.exit_json(changed=False, member=facts)
-    proposed_cut = _validate_requests(module, facts)
-    qdir, manifest = _apply(module, facts, proposed_cut)
-    if not module.check_mode:
-        facts = _inspect(module, path)
+    repairs = bool(module.params["quarantine"] or module.params["cut"])
+    with _settled(path, exclusive=repairs):
+        try:
+            facts = _inspect(module, path)
+        except OSError as exc:
+            module.fail_json(msg="cannot read %s: %s" % (path, exc))
+        except ValueError as exc:
+            module.fail_json(msg="lz4_engine=%s: %s" % (module.params["lz4_engine"], exc))
+        if not repairs:
+            module.exit_json(changed=False, member=facts)
+        proposed_cut = _validate_requests(module, facts)
+        qdir, manifest = _apply(module, facts, proposed_cut)
+        if not module.check_mode:
+            facts = _inspect(module, path)
     module.exit_json(changed=True, member=facts, quarantined=manifest, quarantine_dir=qdir)
 
 

@@ -18,6 +18,11 @@ description:
   - Idempotent. When the directory already holds exactly the archive's files (same names and
     sha256) and the wanted C(cluster.yaml), nothing changes.
   - The member must be stopped.
+  - Two runs on the same O(path) never work at once (they lock that folder). A run waits for an
+    earlier one that is still working (an asynchronous run left behind by an interrupted
+    playbook), then finds the directory restored and changes nothing. Unpacked copies that a
+    killed run left beside O(path) (C(path.incoming-PID)) are removed then.
+  - Long runs can report progress to O(progress_file) for M(quorum.recovery.progress_wait).
 author:
   - quorum.recovery maintainers (@quorum-recovery)
 extends_documentation_fragment:
@@ -55,6 +60,18 @@ options:
     description: Where the replaced files go. Must be on the same filesystem as O(path) to be a rename.
     type: path
     required: true
+  progress_file:
+    description:
+      - Where to write progress records (phase, bytes done of total, rate) while the module runs,
+        at most one per O(progress_interval). The newest records stay in the file when the module
+        ends; M(quorum.recovery.progress_wait) shows them and removes the file.
+      - Use a new name for every run, so that no reader takes an earlier run's records for this one's.
+      - For a task run with C(async) and C(poll=0), read by M(quorum.recovery.progress_wait).
+    type: path
+  progress_interval:
+    description: Seconds between two progress records.
+    type: float
+    default: 1.0
 """
 
 EXAMPLES = r"""
@@ -83,19 +100,38 @@ restored:
   returned: success
   type: list
   elements: str
+progress:
+  description: >-
+    Each phase of the run (V(wait) for an earlier run, V(verify) the archive, V(compare) the current files, V(extract),
+    V(check) the result) with the bytes it read and the seconds it took.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"phase": "verify", "bytes": 301989888, "seconds": 3.1}, {"phase": "extract", "bytes": 301989888, "seconds": 9.8}]
 """
 
 import os
+import re
 import shutil
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_datadir
+from ansible_collections.quorum.recovery.plugins.module_utils import progress as prog
 
 
-def _current(path, node_local):
-    return {name: arch.sha256_file(os.path.join(path, name))
-            for name in arch.list_files(path) if name not in node_local}
+class _Refused(Exception):
+    """A failure whose message is complete; main() turns it into fail_json."""
+
+    def __init__(self, msg, **facts):
+        super().__init__(msg)
+        self.facts = facts
+
+
+def _current(path, node_local, progress, phase):
+    names = [name for name in arch.list_files(path) if name not in node_local]
+    progress.phase(phase, sum(os.path.getsize(os.path.join(path, name)) for name in names))
+    return {name: arch.sha256_file(os.path.join(path, name), progress) for name in names}
 
 
 def _fresh_dir(base):
@@ -107,39 +143,34 @@ def _fresh_dir(base):
     return "%s/again-%d" % (base, n)
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type="path", required=True),
-            archive=dict(type="path", required=True),
-            checksum=dict(type="str", required=True),
-            node_local=dict(type="list", elements="str", default=["info.yaml"]),
-            cluster_yaml=dict(type="str", required=True),
-            aside_dir=dict(type="path", required=True),
-        ),
-        supports_check_mode=True,
-    )
+def _remove_stale_incoming(path):
+    """Unpacked copies of the archive (path.incoming-PID) whose run was killed; the archive
+    itself is kept, so they hold nothing that is not there. Call only while holding the lock."""
+    folder, base = os.path.split(path)
+    pattern = re.compile(re.escape(base) + r"\.incoming-\d+$")
+    for name in sorted(os.listdir(folder)):
+        if pattern.match(name) and os.path.isdir(os.path.join(folder, name)):
+            shutil.rmtree(os.path.join(folder, name))
+
+
+def _restore(module, path, node_local, progress):
     p = module.params
-    path, node_local = p["path"].rstrip("/"), set(p["node_local"])
-    if not os.path.isdir(path):
-        module.fail_json(msg="path %s is not a directory" % path)
-    if dqlite_datadir.is_running(path)["running"]:
-        module.fail_json(msg="dqlite is running on %s; stop it first" % path)
     try:
-        manifest = arch.verify(p["archive"], p["checksum"])
+        manifest = arch.verify(p["archive"], p["checksum"], progress=progress)
     except arch.ArchiveError as exc:
-        module.fail_json(msg="the winner's archive failed its check on arrival: %s; nothing was changed" % exc)
+        raise _Refused("the winner's archive failed its check on arrival: %s; nothing was changed" % exc)
     wanted = {e["name"]: e["sha256"] for e in manifest["files"] if e["name"] not in node_local}
     wanted["cluster.yaml"] = arch.hashlib.sha256(p["cluster_yaml"].encode()).hexdigest()
-    current = _current(path, node_local)
+    current = _current(path, node_local, progress, "compare")
     if current == wanted:
-        module.exit_json(changed=False, moved_aside=[], restored=[], aside=None)
+        return dict(changed=False, moved_aside=[], restored=[], aside=None)
     if module.check_mode:
-        module.exit_json(changed=True, moved_aside=sorted(current), restored=sorted(wanted), aside=p["aside_dir"])
+        return dict(changed=True, moved_aside=sorted(current), restored=sorted(wanted), aside=p["aside_dir"])
+    _remove_stale_incoming(path)
     incoming = "%s.incoming-%d" % (path, os.getpid())
     os.makedirs(incoming, mode=0o700)
     try:
-        arch.verify(p["archive"], p["checksum"], extract_to=incoming)
+        arch.verify(p["archive"], p["checksum"], extract_to=incoming, progress=progress)
         aside = _fresh_dir(p["aside_dir"])
         os.makedirs(aside, mode=0o700)
         moved = []
@@ -159,12 +190,46 @@ def main():
         arch.write_atomic(os.path.join(path, "cluster.yaml"), p["cluster_yaml"].encode(), 0o600)
     finally:
         shutil.rmtree(incoming, ignore_errors=True)  # only our own unpacked copy
-    after = _current(path, node_local)
+    after = _current(path, node_local, progress, "check")
     if after != wanted:
         bad = sorted(n for n in set(after) | set(wanted) if after.get(n) != wanted.get(n))
-        module.fail_json(msg="after the restore %s does not match the winner's archive: %s; the replaced files are "
-                         "in %s" % (path, ", ".join(bad), aside), aside=aside)
-    module.exit_json(changed=True, moved_aside=moved, restored=sorted(restored), aside=aside)
+        raise _Refused("after the restore %s does not match the winner's archive: %s; the replaced files are "
+                       "in %s" % (path, ", ".join(bad), aside), aside=aside)
+    return dict(changed=True, moved_aside=moved, restored=sorted(restored), aside=aside)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path", required=True),
+            archive=dict(type="path", required=True),
+            checksum=dict(type="str", required=True),
+            node_local=dict(type="list", elements="str", default=["info.yaml"]),
+            cluster_yaml=dict(type="str", required=True),
+            aside_dir=dict(type="path", required=True),
+            progress_file=dict(type="path"),
+            progress_interval=dict(type="float", default=1.0),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    path, node_local = p["path"].rstrip("/"), set(p["node_local"])
+    if not os.path.isdir(path):
+        module.fail_json(msg="path %s is not a directory" % path)
+    if dqlite_datadir.is_running(path)["running"]:
+        module.fail_json(msg="dqlite is running on %s; stop it first" % path)
+    # check mode writes nothing, not even progress
+    progress = prog.Progress(None if module.check_mode else p["progress_file"], p["progress_interval"])
+    try:
+        with arch.locked(path, progress.waiting, min(progress.interval, 1.0)) as waited:
+            if waited:
+                progress.waited(waited)
+            result = _restore(module, path, node_local, progress)
+    except _Refused as exc:
+        progress.close()
+        module.fail_json(msg=str(exc), progress=progress.summary(), **exc.facts)
+    progress.close()
+    module.exit_json(progress=progress.summary(), **result)
 
 
 if __name__ == "__main__":

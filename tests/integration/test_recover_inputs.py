@@ -77,6 +77,8 @@ BAD_INPUTS = [
     ("address-for-unknown-host", dict(CONFIRM, recover_addresses={"h9": "10.0.0.1:9001"}), "recover_addresses="),
     ("max-voters-zero", dict(CONFIRM, recover_max_voters=0), "recover_max_voters=0"),
     ("max-voters-abc", dict(CONFIRM, recover_max_voters="abc"), "recover_max_voters"),
+    ("progress-interval-zero", dict(CONFIRM, recover_progress_interval=0), "recover_progress_interval=0"),
+    ("step-timeout-negative", dict(CONFIRM, recover_step_timeout=-5), "recover_step_timeout=-5"),
     ("service-commands-without-stop",
      dict(CONFIRM, recover_service_commands={"start": "/bin/true", "status": "/bin/true"}),
      "recover_service_commands"),

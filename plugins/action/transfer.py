@@ -1,0 +1,155 @@
+# -*- coding: utf-8 -*-
+# Copyright: quorum.recovery contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Fetch a file from a host, or push one to it, with ansible.builtin.fetch / ansible.builtin.copy,
+printing its progress while it moves and its size and rate afterwards (see the module doc)."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
+
+from ansible_collections.quorum.recovery.plugins.module_utils import progress as prog
+
+display = Display()
+
+
+def _children_of(pid):
+    """PIDs of every process descended from `pid` (from /proc; empty where there is none)."""
+    parents = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        # the command name (2nd field) is in parentheses and may hold spaces
+        fields = stat[stat.rfind(")") + 2:].split()
+        parents.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def file_position(path, pid=None):
+    """How far a process started by this one (sftp, scp) has read or written `path`: the offset
+    of its open file, from /proc/PID/fdinfo. None when no such process has it open."""
+    real = os.path.realpath(path)
+    for child in _children_of(pid or os.getpid()):
+        fd_dir = "/proc/%d/fd" % child
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(os.path.join(fd_dir, fd)) != real:
+                    continue
+                with open("/proc/%d/fdinfo/%s" % (child, fd)) as handle:
+                    for line in handle:
+                        if line.startswith("pos:"):
+                            return int(line.split()[1])
+            except (OSError, ValueError):
+                continue
+    return None
+
+
+class _Watcher(threading.Thread):
+    """Prints the position of the local file in the transfer every `interval` seconds."""
+
+    def __init__(self, who, phase, local_path, total, interval):
+        super().__init__(daemon=True)
+        self.who, self.phase, self.local_path, self.total, self.interval = who, phase, local_path, total, interval
+        self.stop = threading.Event()
+        self.started_at = time.monotonic()
+        self.lines = 0
+
+    def run(self):
+        last = None
+        while not self.stop.wait(self.interval):
+            done = file_position(self.local_path)
+            if done is None or done == last:
+                continue
+            last = done
+            elapsed = time.monotonic() - self.started_at
+            display.display(prog.format_line(self.who, {"phase": self.phase, "done": done, "total": self.total,
+                                                        "rate": done / elapsed if elapsed > 0 else 0.0}))
+            self.lines += 1
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = True
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        del tmp
+        _validation, args = self.validate_argument_spec(argument_spec=dict(
+            src=dict(type="str", required=True),
+            dest=dict(type="str", required=True),
+            direction=dict(type="str", required=True, choices=["fetch", "push"]),
+            mode=dict(type="str", default="0600"),
+            label=dict(type="str", default=""),
+            interval=dict(type="float", default=5.0),
+        ))
+        host = task_vars.get("inventory_hostname", "?") if task_vars else "?"
+        who = "%s [%s]" % (host, args["label"]) if args["label"] else host
+        if args["direction"] == "push":
+            src = args["src"] if os.path.isabs(args["src"]) else self._find_needle("files", args["src"])
+            action_name, phase, local = "ansible.legacy.copy", "send", src
+            inner = dict(src=src, dest=args["dest"], mode=args["mode"])
+            try:
+                total = os.path.getsize(local)
+            except OSError as exc:
+                raise AnsibleActionFail("src %s: %s" % (args["src"], exc))
+        else:
+            action_name, phase, local = "ansible.legacy.fetch", "fetch", args["dest"]
+            inner = dict(src=args["src"], dest=args["dest"], flat=True, validate_checksum=True)
+            total = None
+            if args["interval"] > 0 and not self._task.check_mode:
+                stat = self._execute_remote_stat(args["src"], all_vars=task_vars, follow=True, checksum=False)
+                total = stat.get("size") if stat.get("exists") else None
+        task = self._task.copy()
+        task.args.clear()
+        task.args.update(inner)
+        action = self._shared_loader_obj.action_loader.get(
+            action_name, task=task, connection=self._connection, play_context=self._play_context,
+            loader=self._loader, templar=self._templar, shared_loader_obj=self._shared_loader_obj)
+        watcher = (_Watcher(who, phase, local, total, args["interval"])
+                   if args["interval"] > 0 and not self._task.check_mode else None)
+        began = time.monotonic()
+        if watcher:
+            watcher.start()
+        try:
+            result.update(action.run(task_vars=task_vars))
+        finally:
+            if watcher:
+                watcher.stop.set()
+                watcher.join()
+        seconds = time.monotonic() - began
+        if result.get("failed") or self._task.check_mode:
+            return result
+        if result.get("changed"):
+            size = os.path.getsize(result.get("dest", local) if phase == "fetch" else local)
+            rate = size / seconds if seconds > 0 else 0.0
+            verb = "sent" if phase == "send" else "fetched"
+            display.display("%s: %s %s in %.1f s (%s/s)"
+                            % (who, verb, prog.human_bytes(size), seconds, prog.human_bytes(rate)))
+            result["transfer"] = dict(bytes=size, seconds=round(seconds, 3), rate=round(rate, 1))
+        else:
+            display.display("%s: %s already holds the same file (same checksum); nothing moved"
+                            % (who, "the controller" if phase == "fetch" else host))
+            result["transfer"] = dict(bytes=0, seconds=round(seconds, 3), rate=0.0)
+        return result
