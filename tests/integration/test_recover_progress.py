@@ -78,11 +78,10 @@ def test_a_recovery_shows_the_progress_of_every_long_step(lab, tmp_path):
     for rest in done.values():
         assert [p.split()[0] for p in rest.split("; ")] == ["verify", "compare", "extract", "check"], rest
 
-    # the bytes as they went, not only the totals: with records every 0.02 s even the lab's small
-    # directories give lines from the middle of a phase (of a step that ended before the next
-    # look, only those are printed; its start and end are in the summary)
+    # lines from the middle of a phase: the lab's directories are small, so whether a look falls
+    # inside a phase is a matter of timing; test_lines_come_while_the_job_runs proves them on a
+    # 128 MiB folder. Here: whatever was printed belongs to a long step
     lines = _progress(out.splitlines())
-    assert any(0 < int(r["pct"]) < 100 for r in lines), "\n".join(safety + restore)
     assert {r["label"] for r in lines} <= {"safety archive", "winner's archive", "restore",
                                          "fetch the winner's archive", "send the winner's archive"}
 
