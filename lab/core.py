@@ -191,6 +191,23 @@ class Lab:
         kw.setdefault("stderr", subprocess.DEVNULL)
         return subprocess.Popen(self.enter(host, argv), cwd="/", **kw)
 
+    @staticmethod
+    def stop_spawned(proc: subprocess.Popen, grace: float = 30) -> bool:
+        """End a process spawn() started: SIGTERM, up to `grace` seconds, then SIGKILL (at once
+        when grace is 0, for a daemon that may hang). True when it was still running."""
+        if proc.poll() is not None:
+            return False
+        if grace > 0:
+            proc.terminate()
+            try:
+                proc.wait(timeout=grace)
+                return True
+            except subprocess.TimeoutExpired:
+                pass
+        proc.kill()
+        proc.wait(timeout=30)
+        return True
+
     def service(self, host: Host, name: str, action: str, check=True):
         return self.exec(host, [*self.service_cmd, name, action], check=check)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 
 CLIENT, PEER = "http://127.0.0.1:23795", "http://127.0.0.1:23805"
@@ -100,16 +99,7 @@ def real_start(lab, host, data_dir: str, name: str = "oracle", force_new_cluster
                     break
             time.sleep(0.2)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
-            rc = None  # we stopped it
-        else:
-            rc = proc.returncode
+        rc = None if lab.stop_spawned(proc) else proc.returncode  # None: we stopped it
     elapsed = round(time.monotonic() - started, 2)
     events, raw = _read_log(real_log)
     fatal = next((e for e in events if e.get("level") == "fatal"), None)

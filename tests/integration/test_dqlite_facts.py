@@ -153,9 +153,7 @@ def _starts(lab, host, tag, wait=6.0):
         except subprocess.TimeoutExpired:
             return True
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        lab.stop_spawned(proc, grace=0)
 
 
 @pytest.fixture(autouse=True)

@@ -327,9 +327,7 @@ def _real_start(lab, host, case, timeout=15.0):
                 break
             time.sleep(0.05)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        lab.stop_spawned(proc, grace=0)
     text = log.read_text(errors="replace")
     reason = next((line for line in text.splitlines() if line.startswith("Error:")), None)
     if outcome == "exited":

@@ -158,8 +158,7 @@ def test_a_member_running_alone_reports_what_the_files_say(lab):
             time.sleep(0.5)
         assert status, "the solo etcd never elected itself"
     finally:
-        solo.terminate()
-        solo.wait(timeout=30)
+        lab.stop_spawned(solo)
     member = _facts(lab, host.name, "/var/tmp/solo")[host.name]
     assert member["verdict"] == "healthy", member["problems"]
     assert (member["log"]["last_index"], member["log"]["last_term"]) == (status["raftIndex"], status["raftTerm"])
@@ -268,8 +267,7 @@ def _other_cluster_db(lab, host):
         else:
             raise AssertionError("the other cluster never served")
     finally:
-        other.terminate()
-        other.wait(timeout=30)
+        lab.stop_spawned(other)
     return host.real_path("/var/tmp/othercluster/member/snap/db")
 
 
@@ -483,8 +481,7 @@ def multiwal(lab):
         lab.exec(host, [*ctl, "defrag"])
         status = json.loads(lab.exec(host, [*ctl, "-w", "json", "endpoint", "status"]).stdout)[0]["Status"]
     finally:
-        scratch.terminate()
-        scratch.wait(timeout=30)
+        lab.stop_spawned(scratch)
     path = host.real_path(inside)
     names = sorted(n for n in os.listdir(path / "member" / "wal") if n.endswith(".wal"))
     yield {"host": host, "inside": inside, "path": path, "names": names, "status": status}
