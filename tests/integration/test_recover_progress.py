@@ -82,8 +82,9 @@ def test_a_recovery_shows_the_progress_of_every_long_step(lab, tmp_path):
     # inside a phase is a matter of timing; test_lines_come_while_the_job_runs proves them on a
     # 128 MiB folder. Here: whatever was printed belongs to a long step
     lines = _progress(out.splitlines())
-    assert {r["label"] for r in lines} <= {"safety archive", "winner's archive", "restore",
-                                         "fetch the winner's archive", "send the winner's archive"}
+    long_steps = {"safety archive", "winner's archive", "restore", "fetch the winner's archive",
+                  "send the winner's archive"}
+    assert {r["label"] for r in lines} <= long_steps, lines
 
     # the files the lines came from are removed once shown; the archives stay
     for host in lab.hosts():
