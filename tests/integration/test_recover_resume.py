@@ -30,9 +30,9 @@ the full sweep (QR_FULL_KILL_SWEEP=1): 106 of 106 kill points killed and converg
 Since then the task list grew to T = 113 (progress of the long steps), and a recovery that starts
 from a finished journal first lets the old cluster settle for up to 60 s (already_done.yml): on a
 broken cluster every run of the chain now begins with that minute. The CI spread (18 points)
-takes about 15 minutes; the full sweep, tried again on 2026-11-22, made 40 runs (~20 kill
-points, all converged so far) in 30 minutes, 77 s a run: the whole sweep would take hours now, and
-was stopped.
+takes about 15 minutes; the full sweep, tried again on 2026-11-22, made 40 runs in 30 minutes
+(77 s a run, each killed where planned; none of those early points reached a completed run, where
+convergence is checked): the whole sweep would take hours now, and was stopped.
 Each run's log is kept in the test's tmp_path (run-NNN.log); the summary goes to
 build/kill-sweep-{spread,full}.json.
 """
