@@ -80,6 +80,10 @@ def format_summary(host, phases):
     return "%s: done: %s" % (host, "; ".join(parts) if parts else "nothing to read or write")
 
 
+# The options of a module whose long runs report progress (doc fragment quorum.recovery.progress).
+PROGRESS_OPTIONS = dict(progress_file=dict(type="path"), progress_interval=dict(type="float", default=1.0))
+
+
 class Progress:
     """Writes progress records to `path` (None: records nothing, still keeps the summary).
 
@@ -94,6 +98,11 @@ class Progress:
         self.phases = []
         self.writes = 0  # records written; also each record's sequence number
         self.recent = collections.deque(maxlen=KEEP)
+
+    @classmethod
+    def for_module(cls, module):
+        """The progress of a module with PROGRESS_OPTIONS: check mode writes nothing, not even progress."""
+        return cls(None if module.check_mode else module.params["progress_file"], module.params["progress_interval"])
 
     def phase(self, name, total=None):
         self._end_phase()

@@ -29,6 +29,7 @@ author:
   - quorum.recovery maintainers (@quorum-recovery)
 extends_documentation_fragment:
   - quorum.recovery.attributes
+  - quorum.recovery.progress
 attributes:
   check_mode:
     support: full
@@ -65,18 +66,6 @@ options:
   checksum:
     description: The expected sha256 of the archive file (else C(dest.sha256) is used).
     type: str
-  progress_file:
-    description:
-      - Where to write progress records (phase, bytes done of total, rate) while the module runs,
-        at most one per O(progress_interval). The newest records stay in the file when the module
-        ends; M(quorum.recovery.progress_wait) shows them and removes the file.
-      - Use a new name for every run, so that no reader takes an earlier run's records for this one's.
-      - For a task run with C(async) and C(poll=0), read by M(quorum.recovery.progress_wait).
-    type: path
-  progress_interval:
-    description: Seconds between two progress records.
-    type: float
-    default: 1.0
 """
 
 EXAMPLES = r"""
@@ -181,16 +170,13 @@ def main():
             extra=dict(type="dict", default={}),
             state=dict(type="str", choices=["present", "verified"], default="present"),
             checksum=dict(type="str"),
-            progress_file=dict(type="path"),
-            progress_interval=dict(type="float", default=1.0),
+            **prog.PROGRESS_OPTIONS
         ),
         required_if=[("state", "present", ["path"])],
         supports_check_mode=True,
     )
     folder = os.path.dirname(os.path.abspath(module.params["dest"]))
-    # check mode writes nothing, not even progress
-    progress = prog.Progress(None if module.check_mode else module.params["progress_file"],
-                             module.params["progress_interval"])
+    progress = prog.Progress.for_module(module)
     try:
         if not module.check_mode and module.params["state"] == "present":
             os.makedirs(folder, mode=0o700, exist_ok=True)

@@ -27,6 +27,7 @@ author:
   - quorum.recovery maintainers (@quorum-recovery)
 extends_documentation_fragment:
   - quorum.recovery.attributes
+  - quorum.recovery.progress
 attributes:
   check_mode:
     support: full
@@ -60,18 +61,6 @@ options:
     description: Where the replaced files go. Must be on the same filesystem as O(path) to be a rename.
     type: path
     required: true
-  progress_file:
-    description:
-      - Where to write progress records (phase, bytes done of total, rate) while the module runs,
-        at most one per O(progress_interval). The newest records stay in the file when the module
-        ends; M(quorum.recovery.progress_wait) shows them and removes the file.
-      - Use a new name for every run, so that no reader takes an earlier run's records for this one's.
-      - For a task run with C(async) and C(poll=0), read by M(quorum.recovery.progress_wait).
-    type: path
-  progress_interval:
-    description: Seconds between two progress records.
-    type: float
-    default: 1.0
 """
 
 EXAMPLES = r"""
@@ -207,8 +196,7 @@ def main():
             node_local=dict(type="list", elements="str", default=["info.yaml"]),
             cluster_yaml=dict(type="str", required=True),
             aside_dir=dict(type="path", required=True),
-            progress_file=dict(type="path"),
-            progress_interval=dict(type="float", default=1.0),
+            **prog.PROGRESS_OPTIONS
         ),
         supports_check_mode=True,
     )
@@ -218,8 +206,7 @@ def main():
         module.fail_json(msg="path %s is not a directory" % path)
     if dqlite_datadir.is_running(path)["running"]:
         module.fail_json(msg="dqlite is running on %s; stop it first" % path)
-    # check mode writes nothing, not even progress
-    progress = prog.Progress(None if module.check_mode else p["progress_file"], p["progress_interval"])
+    progress = prog.Progress.for_module(module)
     try:
         with arch.locked(path, progress.waiting, min(progress.interval, 1.0)) as waited:
             if waited:
