@@ -13,6 +13,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
+from ansible_collections.quorum.recovery.plugins.module_utils import proc_holders
 from ansible_collections.quorum.recovery.plugins.module_utils import progress as prog
 
 display = Display()
@@ -49,14 +50,9 @@ def file_position(path, pid=None):
     of its open file, from /proc/PID/fdinfo. None when no such process has it open."""
     real = os.path.realpath(path)
     for child in _children_of(pid or os.getpid()):
-        fd_dir = "/proc/%d/fd" % child
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue
-        for fd in fds:
+        for fd, fd_path in proc_holders.open_fds(child):
             try:
-                if os.readlink(os.path.join(fd_dir, fd)) != real:
+                if os.readlink(fd_path) != real:
                     continue
                 with open("/proc/%d/fdinfo/%s" % (child, fd)) as handle:
                     for line in handle:

@@ -24,6 +24,15 @@ def file_ids(root, names):
     return ids
 
 
+def open_fds(pid):
+    """[(fd, "/proc/PID/fd/FD")] of process pid: empty when it is gone or not ours to see."""
+    fd_dir = "/proc/%s/fd" % pid
+    try:
+        return [(fd, os.path.join(fd_dir, fd)) for fd in os.listdir(fd_dir)]
+    except OSError:
+        return []
+
+
 def holder(files, locks=()):
     """Who holds `files` ({(dev, ino): name}): a flock on one of `locks` (names), or an open fd.
 
@@ -45,14 +54,9 @@ def holder(files, locks=()):
     except OSError:
         return {"running": None, "evidence": "no /proc"}
     for pid in pids:
-        fd_dir = "/proc/%s/fd" % pid
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue
-        for fd in fds:
+        for _fd, fd_path in open_fds(pid):
             try:
-                st = os.stat(os.path.join(fd_dir, fd))
+                st = os.stat(fd_path)
             except OSError:
                 continue
             if (st.st_dev, st.st_ino) in files:
