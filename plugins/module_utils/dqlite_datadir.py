@@ -399,8 +399,7 @@ def _inspect_log(path, kinds, newest, usable, full, problems, auto_recovery):
     closed = kinds["closed"]
     segments = []
     for position, (first, last, name) in enumerate(closed):
-        _read_ahead(path, [entry[2] for entry in closed[position + 1:position + 3]] if position == 0 else
-                    [entry[2] for entry in closed[position + 2:position + 3]])
+        _read_ahead(path, [entry[2] for entry in closed[position + 1:position + 3]])  # cached: a no-op
         facts = _segment_facts(path, name, "closed", first, last, full)
         segments.append(facts)
         expected = last - first + 1
