@@ -25,10 +25,9 @@ import struct
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_format as fmt
-from ansible_collections.quorum.recovery.plugins.module_utils import proc_holders
-
-HEALTHY, REPAIRABLE, UNUSABLE = "healthy", "repairable", "unusable"
-ERROR, WARNING, INFO = "error", "warning", "info"
+from ansible_collections.quorum.recovery.plugins.module_utils import member
+from ansible_collections.quorum.recovery.plugins.module_utils.member import (  # noqa: F401 (re-exported)
+    ERROR, HEALTHY, INFO, REPAIRABLE, UNUSABLE, WARNING, verdict)
 
 BOOTSTRAP_ID = 0x2DC171858C3155BE  # go-dqlite's ID of the node that bootstraps a cluster
 NODE_LOCAL_FILES = ("info.yaml", "cluster.crt", "cluster.key", "localnode.yaml", "failure-domain",
@@ -36,8 +35,8 @@ NODE_LOCAL_FILES = ("info.yaml", "cluster.crt", "cluster.key", "localnode.yaml",
 
 
 def _problem(severity, file, message, dqlite_would, data_lost, remedy, index_range=None, action=None):
-    return {"severity": severity, "file": file, "index_range": index_range, "message": message,
-            "dqlite_would": dqlite_would, "data_lost": data_lost, "remedy": remedy, "action": action}
+    return member.problem("dqlite", severity, file, message, dqlite_would, data_lost, remedy,
+                          index_range=index_range, action=action)
 
 
 def _read(path):
@@ -177,9 +176,17 @@ def _segment_facts(path, name, kind, first, last, full):
     facts = {"file": name, "kind": kind, "size": len(data), "format": parsed["format"],
              "batches": len(parsed["batches"]), "entries": parsed["entries"], "error": parsed["error"],
              "end_offset": parsed["end"], "trailing_nonzero_bytes": parsed["trailing_nonzero_bytes"],
-             "first_index": first, "last_index": last, "last_term": None, "changes": []}
+             "first_index": first, "last_index": last, "last_term": None, "changes": [], "term_starts": []}
     index = first
+    term_now = None
     for batch in parsed["batches"]:
+        entries = batch["entries"]
+        if entries and (entries[0][0] != term_now or entries[-1][0] != term_now):
+            for offset, (term, _etype, _size) in enumerate(entries):
+                if term != term_now:
+                    # where each term begins: two logs part where their terms first differ
+                    facts["term_starts"].append([term, index + offset])
+                    term_now = term
         # only CHANGE payloads are read; copying every payload would double a full scan's time
         if any(etype == fmt.ENTRY_CHANGE for _term, etype, _size in batch["entries"]):
             for offset, (term, etype, payload) in enumerate(fmt.entry_payloads(data, batch)):
@@ -227,6 +234,7 @@ def inspect_datadir(path, depth="full", auto_recovery=True, lz4="auto"):
         problems.append(_problem(ERROR, path, "data directory does not exist", "start as a new empty node",
                                  "everything this member held", "rebuild this member from the winner"))
         result["verdict"] = UNUSABLE
+        result["summary"] = member.summary("dqlite", result)
         return result
     names = sorted(os.listdir(path))
     kinds = _classify(names)
@@ -271,7 +279,58 @@ def inspect_datadir(path, depth="full", auto_recovery=True, lz4="auto"):
     result["running"] = is_running(path)
     result["address_local"] = _check_address_local(result["identity"], problems)
     result["verdict"] = verdict(problems)
+    result["summary"] = _summary(result)
     return result
+
+
+def _summary(result):
+    identity = result.get("identity") or {}
+    servers = ((result.get("membership") or {}).get("authoritative") or {}).get("servers") or []
+    current = (result.get("metadata") or {}).get("current") or {}
+    return member.summary(
+        "dqlite", result, member_id=identity.get("id"), address=identity.get("address"),
+        address_source="info.yaml" if identity else None,
+        voters=[{"id": s["id"], "address": s["address"], "role": s["role"]} for s in servers],
+        current_term=current.get("term"), terms=_term_starts(result["segments"]),
+        after_repair=_after_repair(result))
+
+
+def _term_starts(segments):
+    """[term, first index] of every term in the log raft would load, oldest first."""
+    starts = []
+    for seg in segments:
+        if seg.get("ignored") or not seg["entries"]:
+            continue
+        for term, index in seg.get("term_starts") or []:
+            if not starts or starts[-1][0] != term:
+                starts.append([term, index])
+    return starts
+
+
+def _after_repair(result):
+    """The log position raft would load once every proposed repair is done: quarantined files
+    gone (the open segments then load right after the closed chain that is left), cut segments
+    ending at their last complete batch (their entries are counted that way already).
+    None when the member needs no repair."""
+    actions = [p["action"] for p in result["problems"] if p["severity"] == ERROR and p.get("action")]
+    if not actions or result["verdict"] != REPAIRABLE:
+        return None
+    gone = {name for action in actions for name in action.get("quarantine", [])}
+    snaps = [s for s in result["snapshots"] if s["status"] == "ok" and s["file"] not in gone
+             and s["meta_file"] not in gone]
+    snapshot_index, snapshot_term = (snaps[-1]["index"], snaps[-1]["term"]) if snaps else (0, 0)
+    last = (snapshot_term, snapshot_index, None)
+    closed = [s for s in result["segments"] if s["kind"] == "closed" and not s.get("ignored")
+              and s["file"] not in gone and s["entries"]]
+    if closed and closed[-1]["last_index"] >= snapshot_index:
+        last = (closed[-1]["last_term"], closed[-1]["last_index"], closed[-1].get("last_entry_sha256"))
+    next_index = max(last[1], snapshot_index) + 1 if closed else snapshot_index + 1
+    for seg in result["segments"]:
+        if seg["kind"] == "open" and seg["file"] not in gone and seg["entries"]:
+            next_index += seg["entries"]
+            last = (seg["last_term"], next_index - 1, seg.get("last_entry_sha256"))
+    return {"last_term": last[0], "last_index": last[1], "snapshot_index": snapshot_index,
+            "last_entry_sha256": last[2], "repairs": actions}
 
 
 def address_is_local(address):
@@ -603,25 +662,11 @@ def _membership(result, newest, problems):
     return membership
 
 
-def verdict(problems):
-    """healthy: dqlite would start and keep every valid entry; repairable: one reviewed local step
-    (quarantine or cut) makes it so; unusable: rebuild the member from another."""
-    errors = [p for p in problems if p["severity"] == ERROR]
-    if not errors:
-        return HEALTHY
-    if all(p.get("action") for p in errors):
-        return REPAIRABLE
-    return UNUSABLE
 
-
-def is_running(path):
+def is_running(path: str) -> dict:
     """Whether any process holds a file of the directory open (dqlite keeps its segments open),
     or a lock on dqlite-lock (dqlite >= 1.16.5). Read-only: /proc only."""
-    try:
-        names = [n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n))]
-    except OSError:
-        names = []
-    return proc_holders.holder(proc_holders.file_ids(path, names), locks=("dqlite-lock",))
+    return member.running(path, locks=("dqlite-lock",))
 
 
 # ---------------------------------------------------------------------------- start-up replay

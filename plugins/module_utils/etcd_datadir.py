@@ -26,20 +26,19 @@ order, which is checked by starting Debian's etcd 3.4.23 on damaged copies of re
 Each problem carries its stage, what it alone makes etcd do (`etcd_start`), the error etcd
 prints and the file change etcd makes; predict_start() walks them in etcd's order (`prediction`).
 It opens files for reading only and never renames, writes, locks or starts anything.
-rank_members() is the offline election rule the recovery plan uses.
+summary() fills in the engine-neutral member summary the recovery's election reads
+(module_utils/member.py, module_utils/election.py).
 """
 
 from __future__ import annotations
 
-import collections
 import os
 
 from ansible_collections.quorum.recovery.plugins.module_utils import bbolt_format as bolt
 from ansible_collections.quorum.recovery.plugins.module_utils import etcd_format as fmt
-from ansible_collections.quorum.recovery.plugins.module_utils import proc_holders
-
-HEALTHY, REPAIRABLE, UNUSABLE = "healthy", "repairable", "unusable"
-ERROR, WARNING, INFO = "error", "warning", "info"
+from ansible_collections.quorum.recovery.plugins.module_utils import member
+from ansible_collections.quorum.recovery.plugins.module_utils.member import (  # noqa: F401 (re-exported)
+    ERROR, HEALTHY, INFO, REPAIRABLE, UNUSABLE, WARNING, verdict)
 REBUILD = "rebuild this member from the winner (restore the winner's snapshot here)"
 # what etcd does at start: goes on (possibly after changing files), refuses (a fatal log line,
 # exit 1), panics (a Go panic or a memory fault, exit 2), or bootstraps a brand-new member
@@ -54,9 +53,9 @@ _BOLT_ERRORS = {"ErrInvalid": "invalid database", "ErrVersionMismatch": "version
 
 def _problem(severity, file, message, etcd_would, data_lost, remedy, offset=None, repairable=False,
              stage=STAGE_RUN, etcd_start=STARTS, etcd_error=None, etcd_change=None):
-    return {"severity": severity, "file": file, "offset": offset, "message": message, "etcd_would": etcd_would,
-            "data_lost": data_lost, "remedy": remedy, "repairable": repairable, "stage": stage,
-            "etcd_start": etcd_start, "etcd_error": etcd_error, "etcd_change": etcd_change}
+    return member.problem("etcd", severity, file, message, etcd_would, data_lost, remedy, offset=offset,
+                          repairable=repairable, stage=stage, etcd_start=etcd_start, etcd_error=etcd_error,
+                          etcd_change=etcd_change)
 
 
 def _read(path):
@@ -137,6 +136,7 @@ def _finish(result, db, problems, path):
     result["prediction"] = predict_start(problems)
     if result["prediction"]["starts"]:
         result["prediction"]["last_index"] = (result.get("log") or {}).get("last_index")
+    result["summary"] = summary(result)
 
 
 def predict_start(problems):
@@ -505,51 +505,26 @@ def _cross_checks(result, wal, db, problems):
                                  "start as a removed member and stop", "nothing", REBUILD))
 
 
-def verdict(problems):
-    """healthy: etcd would start and keep every entry; repairable: etcd (or one reviewed local
-    step) fixes it without losing committed data; unusable: rebuild the member from another."""
-    errors = [p for p in problems if p["severity"] == ERROR]
-    if not errors:
-        return HEALTHY
-    if all(p["repairable"] for p in errors):
-        return REPAIRABLE
-    return UNUSABLE
-
-
-def rank_key(member):
-    """(last log term, last index, max(commit, consistent_index), db revision): never HardState.term,
-    which a member that campaigned alone has raised without growing its log."""
-    log = member.get("log") or {}
-    hard = log.get("hard_state") or {}
-    applied = max(hard.get("commit") or 0, (member.get("db") or {}).get("consistent_index") or 0)
-    return (log.get("last_term") or 0, log.get("last_index") or 0, applied, member.get("revision") or 0)
-
-
-def rank_members(members):
-    """Order members (a dict name -> inspect_datadir result) best first.
-
-    Unusable members, and members whose cluster ID is not the majority's, are excluded with a reason.
-    """
-    excluded = {}
-    counts = collections.Counter(m.get("cluster_id") for m in members.values() if m.get("cluster_id"))
-    top = counts.most_common(2)
-    cluster_id = top[0][0] if top and (len(top) == 1 or top[0][1] > top[1][1]) else None
-    for name, member in members.items():
-        if member.get("verdict") == UNUSABLE:
-            excluded[name] = "unusable: " + "; ".join(p["message"] for p in member["problems"]
-                                                      if p["severity"] == ERROR and not p["repairable"])
-        elif cluster_id is None:
-            excluded[name] = "cluster IDs disagree with no majority: %s" % dict(counts)
-        elif member.get("cluster_id") != cluster_id:
-            excluded[name] = "cluster ID %s, the others have %s" % (member.get("cluster_id"), cluster_id)
-    order = sorted((n for n in members if n not in excluded), key=lambda n: (rank_key(members[n]), n), reverse=True)
-    return {"order": order, "winner": order[0] if order else None, "cluster_id": cluster_id, "excluded": excluded,
-            "keys": {n: list(rank_key(members[n])) for n in members}}
-
-
-def is_running(path):
+def is_running(path: str) -> dict:
     """Whether a process holds a file of the member open (etcd keeps its WAL and db open) or a
     lock on member/snap/db (bbolt's flock), matched by device and inode (proc_holders)."""
-    names = ["%s/%s" % (sub, name) for sub in ("member/wal", "member/snap")
-             for name in _listdir(os.path.join(path, sub)) or []]
-    return proc_holders.holder(proc_holders.file_ids(path, names), locks=("member/snap/db",))
+    return member.running(path, subdirs=("member/wal", "member/snap"), locks=("member/snap/db",))
+
+
+def summary(result: dict) -> dict:
+    """The engine-neutral summary (module_utils/member.py) of an inspect_datadir() result. The
+    tie-break after (last term, last index) is what this member applied (HardState commit or the
+    db's consistent_index, whichever is higher), then its db revision; never HardState.term,
+    which a member that campaigned alone raised without growing its log."""
+    log = result.get("log") or {}
+    hard = log.get("hard_state") or {}
+    db = result.get("db") or {}
+    membership = result.get("membership") or {}
+    voters = [{"id": m["id"], "name": m["name"], "address": (m["peer_urls"] or [""])[0], "role": role}
+              for role, group in (("voter", "voters"), ("learner", "learners")) for m in membership.get(group) or []]
+    own = next((v for v in voters if v["id"] == result.get("member_id")), {})
+    applied = max(hard.get("commit") or 0, db.get("consistent_index") or 0)
+    return member.summary(
+        "etcd", result, member_id=result.get("member_id"), cluster_key=result.get("cluster_id"),
+        address=own.get("address") or None, address_source="membership" if own else None, voters=voters,
+        current_term=hard.get("term"), commit=hard.get("commit"), tie_break=(applied, result.get("revision") or 0))

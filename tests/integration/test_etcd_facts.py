@@ -24,7 +24,7 @@ import pytest
 from conftest import run_ansible
 from etcd_oracle import real_start
 
-from ansible_collections.quorum.recovery.plugins.module_utils import etcd_datadir
+from ansible_collections.quorum.recovery.plugins.module_utils import election, etcd_datadir
 
 SOLO_CLIENT = "http://127.0.0.1:23791"
 
@@ -183,8 +183,11 @@ def test_a_member_that_campaigned_while_partitioned_ranks_below_the_longer_logs(
     finally:
         lab.heal(follower)
     facts = _facts(lab)
-    ranked = etcd_datadir.rank_members(facts)
-    assert ranked["order"][-1] == follower.name and not ranked["excluded"], ranked
+    summaries = {name: member["summary"] for name, member in facts.items()}
+    order = sorted(summaries, key=lambda name: election.rank_key(summaries[name]), reverse=True)
+    assert order[-1] == follower.name and {s["verdict"] for s in summaries.values()} == {"healthy"}, summaries
+    plan = election.make_plan("etcd", summaries)
+    assert plan["winner"] != follower.name and any(follower.name + "'s current term" in w for w in plan["warnings"])
     stale = facts[follower.name]
     for host in hosts:
         if host is not follower:

@@ -180,3 +180,29 @@ def test_an_info_yaml_address_the_host_lost_is_a_warning_not_a_verdict(tmp_path)
     assert member["verdict"] == "healthy", member["problems"]
     warning = next(p for p in member["problems"] if p["file"] == "info.yaml" and p["severity"] == "warning")
     assert "10.0.0.1:9001" in warning["message"] and "not an address of this host" in warning["message"]
+
+
+def test_the_neutral_summary_carries_what_the_election_reads(tmp_path):
+    _datadir(tmp_path, opened=[(31, 33)])
+    summary = _inspect(tmp_path)["summary"]
+    assert summary["engine"] == "dqlite" and summary["member_id"] == 1 and summary["address"] == "10.0.0.1:9001"
+    assert (summary["last_term"], summary["last_index"], summary["snapshot_index"]) == (1, 33, 0)
+    assert summary["voters"] == [{"id": 1, "address": "10.0.0.1:9001", "role": "voter"}]
+    assert summary["terms"] == [[1, 1]] and summary["after_repair"] is None and summary["verdict"] == "healthy"
+
+
+def test_after_repair_is_where_the_log_ends_once_the_proposed_repairs_are_done(tmp_path):
+    # the open segment is cut inside its last batch: the cut keeps 31-32
+    _datadir(tmp_path, opened=[(31, 33)])
+    path = tmp_path / "open-1"
+    data = path.read_bytes()
+    last = data.rstrip(b"\0")
+    path.write_bytes(last[:-4])
+    member = _inspect(tmp_path)
+    assert member["verdict"] == "repairable", member["problems"]
+    after = member["summary"]["after_repair"]
+    assert (after["last_term"], after["last_index"]) == (1, 32) == (member["summary"]["last_term"],
+                                                                    member["summary"]["last_index"])
+    assert after["repairs"] == [p["action"] for p in member["problems"] if p["severity"] == "error"]
+    repairs = [p["repair"] for p in member["summary"]["problems"] if p["repair"]]
+    assert [r["truncate"]["file"] for r in repairs] == ["open-1"]

@@ -351,24 +351,6 @@ def test_snapshot_status_hash_is_crc32c_over_bucket_names_keys_and_values():
     assert parsed["snapshot_status"] == {"hash": expected, "revision": 4, "total_key": 7, "total_size": 7 * 4096}
 
 
-def _member(last_term, last_index, hard_term, commit=0, cluster="c1", verdict="healthy", ci=0, rev=0):
-    return {"cluster_id": cluster, "verdict": verdict, "problems": [], "revision": rev,
-            "db": {"consistent_index": ci},
-            "log": {"last_term": last_term, "last_index": last_index,
-                    "hard_state": {"term": hard_term, "vote": 0, "commit": commit}}}
-
-
-def test_ranking_uses_last_log_term_and_index_never_hard_state_term():
-    members = {"a": _member(2, 500, 2, 499), "b": _member(2, 498, 2, 498),
-               "campaigner": _member(2, 300, 9, 300),  # campaigned alone: high HardState term, stale log
-               "newer-term": _member(3, 400, 3, 400)}
-    ranked = dd.rank_members(members)
-    assert ranked["order"] == ["newer-term", "a", "b", "campaigner"]
-    tie = dd.rank_members({"x": _member(2, 10, 2, 9, ci=10, rev=5), "y": _member(2, 10, 2, 10, ci=10, rev=7),
-                           "z": _member(2, 10, 2, 10, cluster="other"), "w": _member(9, 99, 9, verdict="unusable")})
-    assert tie["order"] == ["y", "x"] and set(tie["excluded"]) == {"z", "w"}
-
-
 def test_fuzzed_directories_never_crash(tmp_path):
     rng = random.Random(11)
     wal = _snap_wal()
@@ -394,3 +376,14 @@ def test_fuzzed_directories_never_crash(tmp_path):
         finally:
             with open(victim, "wb") as handle:
                 handle.write(original)
+
+
+def test_the_neutral_summary_carries_what_the_election_reads(tmp_path):
+    facts, _errors = _inspect(_dir(tmp_path))
+    summary = facts["summary"]
+    assert summary["engine"] == "etcd" and summary["member_id"] == "1" and summary["cluster_key"] == "c1"
+    assert (summary["last_term"], summary["last_index"], summary["current_term"], summary["commit"]) == (2, 10, 2, 10)
+    assert summary["tie_break"] == [10, 20]  # applied (commit vs consistent_index), then the db revision
+    assert [(v["id"], v["name"], v["role"]) for v in summary["voters"]] == [("1", "m1", "voter")]
+    assert summary["verdict"] == facts["verdict"] and summary["problems"] == []
+    assert summary["running"] is False

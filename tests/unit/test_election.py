@@ -1,13 +1,22 @@
-"""The recovery plan's election and refusals, on member facts shaped like dqlite_facts' output.
+"""The recovery plan's election and refusals, on member summaries as dqlite_info and etcd_info
+fill them in (module_utils/member.py).
 
-These are synthetic facts, so every branch of the rules can be reached; the integration tests
-(test_recover_scenarios.py) run the same code on facts read from real broken lab clusters.
+These are synthetic summaries, so every branch of the rules can be reached; the integration
+tests (test_recover_scenarios.py) run the same code on facts read from real broken lab clusters,
+and test_member_summary.py checks that both inspectors fill the summary from real files.
 """
 from __future__ import annotations
 
+import functools
+
 import pytest
 
-from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_plan as dp
+from ansible_collections.quorum.recovery.plugins.module_utils import election
+
+
+class dp:  # the dqlite engine's plan, as the role asks for it
+    PlanRefused = election.PlanRefused
+    make_plan = functools.partial(election.make_plan, "dqlite")
 
 IDS = {"h1": 101, "h2": 102, "h3": 103, "h4": 104, "h5": 105}
 
@@ -21,13 +30,11 @@ def servers(hosts, roles=None):
 
 
 def member(host, term, index, verdict="healthy", snap=0, digest="same", config=("h1", "h2", "h3"), problems=None,
-           roles=None):
-    return {"exists": True, "verdict": verdict,
-            "identity": {"id": IDS[host], "address": addr(host), "role": "voter"},
-            "log": {"last_term": term, "last_index": index, "snapshot_index": snap, "first_index": 1,
-                    "last_entry_sha256": digest},
-            "membership": {"authoritative": {"servers": servers(config, roles)}},
-            "problems": problems or []}
+           roles=None, terms=None, after_repair=None):
+    return {"engine": "dqlite", "exists": True, "verdict": verdict, "member_id": IDS[host], "address": addr(host),
+            "address_source": "info.yaml", "last_term": term, "last_index": index, "snapshot_index": snap,
+            "first_index": 1, "last_entry_sha256": digest, "voters": servers(config, roles),
+            "problems": problems or [], "terms": terms, "after_repair": after_repair, "tie_break": []}
 
 
 def three(**over):
@@ -40,8 +47,8 @@ def test_most_advanced_by_last_entry_term_then_index():
     # h3 campaigned alone (its metadata term would be high) but its LOG ends in an older term
     plan = dp.make_plan({"h1": member("h1", 3, 50), "h2": member("h2", 2, 400), "h3": member("h3", 2, 390)})
     assert plan["winner"] == "h1"
-    assert plan["reconfigure"] == {"host": "h1", "expected_last_index": 50,
-                                   "segment": "0000000000000051-0000000000000051"}
+    assert plan["source"] == {"host": "h1", "step": "reconfigure", "expected_last_index": 50,
+                              "segment": "0000000000000051-0000000000000051"}
     assert "term 3 index 50" in plan["why"][0]
     assert [m["fate"] for m in plan["members"]] == ["winner", "restore from h1", "restore from h1"]
 
@@ -83,7 +90,7 @@ def test_every_server_must_be_reachable_or_declared_lost():
     members = {"h1": member("h1", 2, 100)}
     with pytest.raises(dp.PlanRefused) as err:
         dp.make_plan(members)
-    assert len(err.value.reasons) == 2 and "node 102 at 10.0.0.102:9001" in err.value.reasons[0]
+    assert len(err.value.reasons) == 2 and "member 102 at 10.0.0.102:9001" in err.value.reasons[0]
     for lost in (["h2", "h3"], [addr("h2"), addr("h3")], [str(IDS["h2"]), str(IDS["h3"])]):
         plan = dp.make_plan(members, lost=lost, hosts={"h2": addr("h2"), "h3": addr("h3")})
         assert plan["membership"] == [{"host": "h1", "id": 101, "address": addr("h1"), "role": "voter"}]
@@ -91,17 +98,41 @@ def test_every_server_must_be_reachable_or_declared_lost():
         assert any("only 1 of the 3 voters" in w for w in plan["warnings"])
 
 
-def test_a_repairable_member_ahead_is_repaired_first_and_never_elected_unrepaired():
+def torn(host, term, index, cut_at=None):
+    """A member whose open segment is cut inside a batch: the repair cuts it at its last complete batch."""
     cut = {"truncate": {"file": "open-2", "length": 4096}}
-    torn = member("h1", 2, 120, verdict="repairable", problems=[
-        {"severity": "error", "file": "open-2", "message": "cut inside batch 3", "action": cut}])
-    plan = dp.make_plan(three(h1=torn))
-    assert plan["stage"] == "repair" and plan["repairs"] == {"h1": [cut]}
+    return member(host, term, index, verdict="repairable", problems=[
+        {"severity": "error", "file": "open-2", "message": "cut inside batch 3", "repair": cut}],
+        after_repair={"last_term": term, "last_index": cut_at or index, "snapshot_index": 0,
+                      "last_entry_sha256": "same", "repairs": [cut]})
+
+
+def test_a_repairable_member_ahead_is_planned_as_repaired_and_only_the_winner_is_repaired():
+    cut = {"truncate": {"file": "open-2", "length": 4096}}
+    plan = dp.make_plan(three(h1=torn("h1", 2, 120)))
+    # the final plan, with the repair in it: --check shows what will be done
+    assert plan["winner"] == "h1" and plan["repairs"] == {"h1": [cut]}
+    assert plan["parts"]["h1"]["repairs"] == [cut] and plan["parts"]["h2"]["repairs"] == []
+    assert any("cut open-2 at byte 4096" in a for a in plan["parts"]["h1"]["actions"])
+    assert any("needs a repair before it can be the source" in w for w in plan["why"])
     with pytest.raises(dp.PlanRefused, match="h1 is still repairable after its repair"):
-        dp.make_plan(three(h1=torn), allow_repairs=False)
-    # behind the best healthy member: no repair needed, it is rebuilt from the winner
-    plan = dp.make_plan(three(h3=member("h3", 2, 10, verdict="repairable", problems=torn["problems"])))
-    assert plan["stage"] == "final" and plan["winner"] == "h1"
+        dp.make_plan(three(h1=torn("h1", 2, 120)), allow_repairs=False)
+    # behind the best healthy member: never repaired, it is rebuilt from the winner
+    plan = dp.make_plan(three(h3=torn("h3", 2, 10)))
+    assert plan["winner"] == "h1" and plan["repairs"] == {}
+    # ahead before its repair, behind after it: not the winner, not repaired
+    plan = dp.make_plan(three(h3=torn("h3", 2, 130, cut_at=95)))
+    assert plan["winner"] == "h1" and plan["repairs"] == {}
+    assert next(m for m in plan["members"] if m["host"] == "h3")["last_index"] == 95
+
+
+def test_a_refused_override_is_refused_before_any_repair():
+    # the most advanced member needs a repair and the operator names one 30 entries behind: the
+    # single plan refuses, so nothing (not even the repair) happens first
+    with pytest.raises(dp.PlanRefused, match="recover_winner=h2 is at term 2 index 90, behind h1 at term 2 index 120") \
+            as err:
+        dp.make_plan(three(h1=torn("h1", 2, 120)), winner="h2")
+    assert err.value.partial["repairs"] == {"h1": [{"truncate": {"file": "open-2", "length": 4096}}]}
 
 
 def test_an_unusable_member_ahead_refuses_unless_a_majority_proves_its_extra_entries_uncommitted():
@@ -134,7 +165,7 @@ def test_a_changed_address_goes_into_the_new_membership():
 
 def test_member_outside_the_winners_membership_is_refused():
     stray = member("h4", 2, 10)
-    with pytest.raises(dp.PlanRefused, match=r"h4 \(node 104\) is not in the winner's membership"):
+    with pytest.raises(dp.PlanRefused, match=r"h4 \(member 104\) is not in the winner's membership"):
         dp.make_plan(three(h4=stray))
 
 
@@ -171,8 +202,8 @@ def test_a_member_whose_host_lost_its_address_is_refused_until_the_new_one_is_gi
     row = next(m for m in plan["members"] if m["host"] == "h2")
     assert row["address"] == addr("h2") and row["new_address"] == "10.9.9.9:9001"
     assert any("10.0.0.102:9001 -> 10.9.9.9:9001" in line for line in plan["table"])
-    assert "write info.yaml with its new address 10.9.9.9:9001" in plan["actions"]["h2"]
-    assert not any("info.yaml" in a for a in plan["actions"]["h3"])
+    assert "write info.yaml with its new address 10.9.9.9:9001" in plan["parts"]["h2"]["actions"]
+    assert not any("info.yaml" in a for a in plan["parts"]["h3"]["actions"])
     assert any("h2's address changes from 10.0.0.102:9001 to 10.9.9.9:9001" in w for w in plan["why"])
 
 
@@ -202,3 +233,61 @@ def test_unknown_address_locality_refuses_nothing():
     # facts from an older dqlite_facts, or a name that does not resolve: no address_local at all
     plan = dp.make_plan(three(h2=dict(member("h2", 2, 90), address_local=None)))
     assert plan["membership"][1]["address"] == addr("h2") and "new_address" in plan["members"][1]
+
+
+def test_each_member_says_what_choosing_it_would_lose():
+    # h2: the same term, 10 behind; h3: an old leader whose term-2 tail parted from the winner at 60
+    plan = dp.make_plan({"h1": member("h1", 3, 100, terms=[[1, 1], [2, 41], [3, 61]]),
+                         "h2": member("h2", 3, 90, terms=[[1, 1], [2, 41], [3, 61]]),
+                         "h3": member("h3", 2, 75, terms=[[1, 1], [2, 41]])})
+    loss = {m["host"]: m["if_chosen"] for m in plan["members"]}
+    assert loss["h2"] == "choosing it would lose the 10 entries 91-100"
+    assert loss["h3"].startswith("its log parts from the winner's after index 60: choosing it would drop the "
+                                 "winner's entries 61-100 (40), and its own entries 61-75 are an unacknowledged tail")
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ([[1, 1], [2, 41]], [[1, 1], [2, 41]], 75),          # same terms: the shorter end
+    ([[1, 1], [2, 41], [3, 61]], [[1, 1], [2, 41]], 60),  # b's term 2 goes on where a's term 3 began
+    ([[1, 1], [3, 41]], [[1, 1], [2, 41]], 40),          # parted right at 41
+    ([[5, 200]], [[4, 150], [5, 210]], 100),             # no common term after the snapshots: the snapshot
+    (None, [[1, 1]], None),
+])
+def test_parting_index(a, b, expected):
+    mine = {"terms": a, "last_index": 80, "snapshot_index": 100 if a == [[5, 200]] else 0}
+    theirs = {"terms": b, "last_index": 75, "snapshot_index": 120 if a == [[5, 200]] else 0}
+    assert election.parting_index(mine, theirs) == expected
+
+
+def etcd(host, last_term, last_index, current_term, commit=0, cluster="c1", verdict="healthy", applied=0, rev=0):
+    voters = [{"id": "%x" % IDS[h], "name": h, "address": "http://%s:2380" % addr(h).split(":")[0], "role": "voter"}
+              for h in ("h1", "h2", "h3")]
+    return {"engine": "etcd", "exists": True, "verdict": verdict, "member_id": "%x" % IDS[host],
+            "cluster_key": cluster, "address": voters[int(host[1]) - 1]["address"], "address_source": "membership",
+            "last_term": last_term, "last_index": last_index, "snapshot_index": 0, "current_term": current_term,
+            "commit": commit, "tie_break": [max(commit, applied), rev], "voters": voters, "problems": [],
+            "terms": None, "after_repair": None}
+
+
+def test_etcd_ranks_by_log_never_by_the_term_of_a_lone_campaign_then_by_applied_index_and_revision():
+    plan = election.make_plan("etcd", {"h1": etcd("h1", 2, 500, 2, 499), "h2": etcd("h2", 2, 498, 2, 498),
+                                       "h3": etcd("h3", 2, 300, 9, 300)})
+    assert plan["winner"] == "h1" and plan["source"]["beyond_commit"] == 1
+    assert any("h3's current term 9 is above every member's last log term (2)" in w for w in plan["warnings"])
+    assert [m["role"] for m in plan["membership"]] == ["voter"] * 3
+    tie = election.make_plan("etcd", {"h1": etcd("h1", 2, 10, 2, 9, applied=10, rev=5),
+                                      "h2": etcd("h2", 2, 10, 2, 10, applied=10, rev=7),
+                                      "h3": etcd("h3", 2, 10, 2, 10, applied=10, rev=6)})
+    assert tie["winner"] == "h2" and any("wins on applied index, then db revision" in w for w in tie["why"])
+    with pytest.raises(election.PlanRefused, match=r"different clusters \(cluster IDs differ\)"):
+        election.make_plan("etcd", {"h1": etcd("h1", 2, 10, 2), "h2": etcd("h2", 2, 10, 2, cluster="c2"),
+                                    "h3": etcd("h3", 2, 10, 2)})
+
+
+def test_notes_say_whether_a_warning_matters():
+    note = {"severity": "info", "file": "cluster.yaml", "message": "cluster.yaml disagrees with the membership in "
+            "the log", "remedy": "the recovery writes it from the plan"}
+    plan = dp.make_plan(three(h1=member("h1", 2, 100, problems=[note]), h2=member("h2", 2, 90, problems=[note])))
+    assert "h1: cluster.yaml: cluster.yaml disagrees with the membership in the log - does not matter: the " \
+        "recovery writes it from the plan" in plan["notes"]
+    assert any(n.startswith("h2:") and "replaced by the winner's" in n for n in plan["notes"])

@@ -1,0 +1,433 @@
+# -*- coding: utf-8 -*-
+# Copyright: quorum.recovery contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The recovery plan, for every engine, made on the controller from every member's summary.
+
+PRIVATE to this collection: may change without notice. Standard library only.
+
+Pure functions over the engine-neutral summaries the inspectors fill in (module_utils/member.py):
+elect the most advanced member (term of the last entry, then last index: Raft's own election
+rule; then the engine's tie-break), compute the new membership, give every host its part, and
+refuse, with every reason at once, when the choice is not safe. A member that needs a repair
+is planned as it will read after the repair, so the plan shown (and --check) is the plan carried
+out, and every refusal comes before the first change. What only an engine knows (membership
+roles, the step that builds the restore source) is in its hook module (dqlite_plan, etcd_plan).
+Nothing here touches a host.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_plan, etcd_plan
+from ansible_collections.quorum.recovery.plugins.module_utils.member import (
+    ERROR, HEALTHY, REPAIRABLE, UNUSABLE)
+
+ENGINES = {"dqlite": dqlite_plan, "etcd": etcd_plan}
+
+
+class PlanRefused(Exception):
+    """The plan is not safe; `reasons` says why, one sentence each."""
+
+    def __init__(self, reasons: list, partial: dict | None = None) -> None:
+        super().__init__("; ".join(reasons))
+        self.reasons = list(reasons)
+        self.partial = partial or {}
+
+
+def position(summary: dict, repaired: bool = False) -> tuple:
+    """(term of the last entry, last index): the order Raft itself uses to pick a leader; for a
+    member to be repaired, where its log ends after the repair."""
+    after = (summary or {}).get("after_repair") if repaired else None
+    source = after or summary or {}
+    return (source.get("last_term") or 0, source.get("last_index") or 0)
+
+
+def rank_key(summary: dict) -> tuple:
+    """Position after any repair, then the engine's tie-break (etcd: applied index, revision)."""
+    repaired = (summary or {}).get("verdict") == REPAIRABLE
+    return position(summary, repaired) + tuple((summary or {}).get("tie_break") or ())
+
+
+def fmt_pos(pos: tuple) -> str:
+    return "term %d index %d" % tuple(pos[:2])
+
+
+def _digest(summary):
+    after = summary.get("after_repair") if summary.get("verdict") == REPAIRABLE else None
+    return (after or summary).get("last_entry_sha256")
+
+
+def _identity(host, summary, hosts):
+    """(member id, address): the member's own, else found by its inventory address among the voters."""
+    if summary.get("member_id") is not None:
+        return summary["member_id"], summary.get("address")
+    address = hosts.get(host)
+    for voter in summary.get("voters") or []:
+        if address and voter["address"] == address:
+            return voter["id"], address
+    return None, address
+
+
+def _clusters(members, ids):
+    """Groups of members that belong to one cluster: by the engine's cluster key where every
+    member has one, else by voter IDs they share (dqlite keeps no cluster ID)."""
+    keys = {h: members[h].get("cluster_key") for h in members}
+    if members and all(keys.values()):
+        groups = {}
+        for host in sorted(members):
+            groups.setdefault(keys[host], []).append(host)
+        return list(groups.values())
+    groups = []
+    for host in sorted(members):
+        mine = {v["id"] for v in members[host].get("voters") or []}
+        if ids.get(host) is not None:
+            mine.add(ids[host])
+        joined = [g for g in groups if g["ids"] & mine]
+        merged = {"hosts": [host] + [h for g in joined for h in g["hosts"]], "ids": set(mine).union(*[g["ids"] for g in joined])}
+        groups = [g for g in groups if g not in joined] + [merged]
+    return [sorted(g["hosts"]) for g in groups]
+
+
+def _is_lost(voter, lost, hosts):
+    names = {str(x) for x in lost}
+    if str(voter["id"]) in names or voter["address"] in names or voter.get("name") in names:
+        return True
+    return any(hosts.get(name) == voter["address"] for name in names)
+
+
+def _address_reasons(members, current, hosts, addresses):
+    """Refusals for addresses that would bring the cluster up broken. A member whose host lost
+    the address its summary names (address_local), or whose inventory address (recover_address)
+    differs from it, moved: rebuilt under its old address it would not start and the others
+    would keep calling the old one. Only recover_addresses says what the new address is."""
+    reasons = []
+    for host in sorted(members):
+        facts = members[host]
+        if not facts.get("exists"):
+            continue
+        old, configured, new = current[host], hosts.get(host) or "", addresses.get(host)
+        where = facts.get("address_source") or "its data directory"
+        engine = facts.get("engine") or "engine"
+        hint = 'recover_addresses={"%s": "<its new address>:<port>"}' % host
+        if new is None and facts.get("address_local") is False:
+            reasons.append("%s: its %s address %s (%s) is not an address of the host any more; if the host's "
+                           "address changed, name the new one with %s, otherwise give the host its address back"
+                           % (host, engine, old, where, hint if not configured or configured == old else
+                              'recover_addresses={"%s": "%s"}' % (host, configured)))
+        elif new is None and configured and old and configured != old:
+            reasons.append("%s: the inventory's recover_address %s differs from %s in its %s; if the member's "
+                           "address changed, set recover_addresses={\"%s\": \"%s\"}, otherwise correct "
+                           "recover_address" % (host, configured, old, where, host, configured))
+        elif new is not None and facts.get("new_address_local") is False:
+            reasons.append("recover_addresses gives %s the address %s, which is not an address of that host: "
+                           "%s could not listen on it" % (host, new, engine))
+        elif new is not None and configured and configured != new:
+            reasons.append("recover_addresses gives %s the address %s but its recover_address in the inventory is "
+                           "%s: make them agree (the checks after the start connect to recover_address)"
+                           % (host, new, configured))
+    taken = {}
+    for host in sorted(members):
+        address = addresses.get(host, current[host])
+        if address and address in taken:
+            reasons.append("%s and %s would both have the address %s in the new membership"
+                           % (taken[address], host, address))
+        taken.setdefault(address, host)
+    return reasons
+
+
+def problems_text(summary: dict) -> str:
+    problems = [p for p in (summary or {}).get("problems", []) if p.get("severity") == ERROR]
+    if not problems:
+        return "no errors" if (summary or {}).get("exists", True) else "no data directory"
+    return "; ".join("%s: %s" % (p["file"], p["message"]) for p in problems[:3]) + (
+        " (+%d more)" % (len(problems) - 3) if len(problems) > 3 else "")
+
+
+def parting_index(mine: dict, theirs: dict) -> int | None:
+    """The last index at which two logs agree, from where each term begins (Raft's Log Matching:
+    entries with the same index and term are the same, and so is everything before them).
+    None when a log's terms are unknown. Entries below both snapshots are committed, so equal."""
+    a, b = mine.get("terms"), theirs.get("terms")
+    if a is None or b is None:
+        return None
+    end = min(mine.get("last_index") or 0, theirs.get("last_index") or 0)
+
+    def term_at(starts, index):
+        found = [t for t, first in starts if first <= index]
+        return found[-1] if found else None
+
+    # terms only change where a term begins: the highest agreeing index is the shorter end or
+    # just before (or at) one of those beginnings
+    for index in sorted({end} | {first + d for _t, first in a + b for d in (-1, 0)}, reverse=True):
+        if 0 < index <= end and term_at(a, index) is not None and term_at(a, index) == term_at(b, index):
+            return index
+    return min(mine.get("snapshot_index") or 0, theirs.get("snapshot_index") or 0)
+
+
+def _loss_if_chosen(host, members, chosen):
+    """What choosing `host` instead of the winner would lose, in one sentence."""
+    mine, win = members[host], members[chosen]
+    if members[host].get("verdict") == UNUSABLE:
+        return "cannot be the source (%s)" % problems_text(mine)
+    pos, win_pos = position(mine, mine.get("verdict") == REPAIRABLE), position(win, win.get("verdict") == REPAIRABLE)
+    parted = parting_index(dict(mine, last_term=pos[0], last_index=pos[1]),
+                           dict(win, last_term=win_pos[0], last_index=win_pos[1]))
+    if pos == win_pos:
+        return "nothing: same last entry as the winner"
+    if parted is not None and parted < pos[1]:
+        return ("its log parts from the winner's after index %d: choosing it would drop the winner's entries "
+                "%d-%d (%d), and its own entries %d-%d are an unacknowledged tail from term %d that the recovery drops"
+                % (parted, parted + 1, win_pos[1], win_pos[1] - parted, parted + 1, pos[1], pos[0]))
+    if pos[0] == win_pos[0] or parted == pos[1]:
+        return "choosing it would lose the %d entries %d-%d" % (win_pos[1] - pos[1], pos[1] + 1, win_pos[1])
+    return "choosing it would lose the winner's entries after its last one (an older term: %s)" % fmt_pos(pos)
+
+
+def make_plan(engine: str, members: dict, lost=(), winner=None, addresses=None, hosts=None, max_voters=3,
+              allow_repairs=True, accept_loss=False) -> dict:
+    """Plan a recovery. members: {host: summary}; lost: declared lost members (inventory names,
+    addresses, IDs or names); winner: an operator override; addresses: {host: new address};
+    hosts: {host: configured address}; allow_repairs=False on the pass after the repairs (a
+    member still needing one is then refused). Raises PlanRefused with every reason at once."""
+    hooks = ENGINES[engine]
+    addresses, hosts = dict(addresses or {}), dict(hosts or {})
+    members = {h: dict(s or {}) for h, s in members.items()}
+    reasons, warnings, why = [], [], []
+    if not members:
+        raise PlanRefused(["no member's facts to plan from: every member is declared lost or unreachable"])
+    ids, current = {}, {}
+    for host in sorted(members):
+        ids[host], current[host] = _identity(host, members[host], hosts)
+        if members[host].get("exists") and ids[host] is None:
+            reasons.append("%s: its member ID is unknown (no %s, and its address %s is not among its voters); "
+                           "restore it or declare the member lost" % (host, members[host].get("address_source")
+                                                                       or "identity file", current[host]))
+    reasons += _address_reasons(members, current, hosts, addresses)
+    groups = _clusters({h: s for h, s in members.items() if s.get("exists")}, ids)
+    if len(groups) > 1:
+        reasons.append("members from different clusters (%s): %s" % (
+            "cluster IDs differ" if all(members[h].get("cluster_key") for g in groups for h in g)
+            else "no member ID in common", " vs ".join("{%s}" % ", ".join(g) for g in groups)))
+    verdicts = {h: members[h].get("verdict", UNUSABLE) for h in members}
+    repairable = {h for h in members if verdicts[h] == REPAIRABLE}
+    pos = {h: position(members[h], h in repairable) for h in members}
+    candidates = sorted((h for h in members if verdicts[h] in (HEALTHY, REPAIRABLE)),
+                        key=lambda h: tuple(-k for k in rank_key(members[h])) + (h,))
+    if not candidates:
+        reasons.append("no usable member: %s" % ", ".join(
+            "%s is %s (%s)" % (h, verdicts[h], problems_text(members[h])) for h in sorted(members)))
+        raise PlanRefused(reasons)
+
+    chosen = candidates[0]
+    top = [h for h in candidates if pos[h] == pos[chosen]]
+    if len(top) > 1 and len({_digest(members[h]) for h in top}) > 1:
+        reasons.append("%s end at the same %s with different last entries: their logs diverge (as when a "
+                       "reconfigure ran on more than one member); pick by hand from the safety archives"
+                       % (" and ".join(top), fmt_pos(pos[chosen])))
+    if winner:
+        if winner not in members:
+            reasons.append("recover_winner=%s is not a reachable surviving member (members: %s)"
+                           % (winner, ", ".join(sorted(members))))
+        elif verdicts[winner] == UNUSABLE:
+            reasons.append("recover_winner=%s is unusable (%s)" % (winner, problems_text(members[winner])))
+        elif pos[winner] < pos[chosen]:
+            reasons.append("recover_winner=%s is at %s, behind %s at %s: it would lose the entries in between"
+                           % (winner, fmt_pos(pos[winner]), chosen, fmt_pos(pos[chosen])))
+        else:
+            chosen = winner
+            why.append("%s chosen by recover_winner, and no usable member is ahead of it" % winner)
+    if not why:
+        why.append("%s holds the most advanced log among the usable members: %s%s" % (
+            chosen, fmt_pos(pos[chosen]), " (after its repair)" if chosen in repairable else ""))
+        tied = [h for h in top if h != chosen]
+        if tied:
+            same = [h for h in tied if rank_key(members[h]) == rank_key(members[chosen])]
+            why.append("tied with %s, same last entry; %s wins %s" % (
+                ", ".join(tied), chosen, "by name" if same else "on %s" % hooks.TIE_BREAK))
+
+    repairs = {}
+    if chosen in repairable:
+        if not allow_repairs:
+            reasons.append("%s is still repairable after its repair (%s); repair it by hand or declare it lost"
+                           % (chosen, problems_text(members[chosen])))
+        else:
+            repairs[chosen] = list((members[chosen].get("after_repair") or {}).get("repairs") or [])
+            why.append("%s needs a repair before it can be the source (%s); the others are rebuilt from it, so "
+                       "their own damage is moved aside with their files, not repaired"
+                       % (chosen, problems_text(members[chosen])))
+
+    losses = {}
+    for host in sorted(members):
+        if host == chosen:
+            continue
+        losses[host] = _loss_if_chosen(host, members, chosen)
+        if verdicts[host] == UNUSABLE:
+            why.append("%s is unusable and cannot be the source: %s" % (host, problems_text(members[host])))
+        else:
+            behind = pos[chosen][1] - pos[host][1]
+            why.append("%s is at %s (%s)" % (host, fmt_pos(pos[host]),
+                                             "same position" if pos[host] == pos[chosen] else
+                                             "%d entries behind" % behind if pos[host][0] == pos[chosen][0] else
+                                             "an older term"))
+
+    # The winner must hold what every other member's newest snapshot holds (those entries were
+    # applied, so committed).
+    win_pos = pos[chosen]
+    for host in sorted(members):
+        snap = members[host].get("snapshot_index") or 0
+        if host != chosen and snap > win_pos[1]:
+            reasons.append("%s has a snapshot at index %d, beyond the winner %s's last index %d: the winner lacks "
+                           "committed entries" % (host, snap, chosen, win_pos[1]))
+    # A member that campaigned alone raised its current term past every log term; it must not win.
+    top_log_term = max(p[0] for p in pos.values())
+    for host in sorted(members):
+        current_term = members[host].get("current_term") or 0
+        if current_term > top_log_term and hooks.FLAG_LONE_CAMPAIGN:
+            warnings.append("%s's current term %d is above every member's last log term (%d): it campaigned alone "
+                            "while cut off; ranked by its log, not by that term" % (host, current_term, top_log_term))
+
+    # Unusable members that claim to be ahead hold entries no one else has.
+    voters_of_winner = {v["id"]: v for v in members[chosen].get("voters") or []}
+    voter_ids = {i for i, v in voters_of_winner.items() if v.get("role", "voter") == "voter"}
+    seen = {ids[h] for h in members if verdicts[h] != UNUSABLE and ids[h] in voter_ids}
+    majority = len(seen) * 2 > len(voter_ids) if voter_ids else False
+    if majority:
+        why.append("the members read include %d of the %d voters, a majority: by Raft's election rule the most "
+                   "advanced of them holds every committed entry" % (len(seen), len(voter_ids)))
+    else:
+        warnings.append("only %d of the %d voters could be read: nothing proves the winner holds every committed "
+                        "entry; entries only the lost members had are gone" % (len(seen), len(voter_ids)))
+    for host in sorted(members):
+        if verdicts[host] == UNUSABLE and pos[host] > win_pos:
+            text = ("%s is unusable but claims %s, ahead of the winner: entries only it holds will be dropped"
+                    % (host, fmt_pos(pos[host])))
+            if majority:
+                warnings.append(text + " (not committed: a majority of voters lacks them)")
+            elif accept_loss:
+                warnings.append(text + " (accepted: recover_accept_loss)")
+            else:
+                reasons.append(text + "; they may be committed, so repair it, or set recover_accept_loss=true")
+
+    # The new membership: every voter of the winner's configuration is a survivor or declared lost.
+    survivors = sorted(members)
+    by_id = {ids[h]: h for h in survivors if ids[h] is not None}
+    for voter in voters_of_winner.values():
+        if voter["id"] not in by_id and not _is_lost(voter, lost, hosts):
+            reasons.append("member %s at %s is in the membership but neither a reachable inventory member nor "
+                           "declared lost (recover_lost)" % (voter["id"], voter["address"]))
+    for host in survivors:
+        if ids[host] is not None and voters_of_winner and ids[host] not in voters_of_winner:
+            reasons.append("%s (member %s) is not in the winner's membership; declare it lost to leave it out"
+                           % (host, ids[host]))
+    partial = {"winner": chosen, "why": why, "warnings": warnings, "repairs": repairs, "losses": losses}
+    if reasons:
+        raise PlanRefused(reasons, partial)
+
+    order = [chosen] + [h for h in survivors if h != chosen]
+    roles = hooks.roles(order, {h: (voters_of_winner.get(ids[h]) or {}).get("role") for h in order}, max_voters)
+    membership = [{"host": h, "id": ids[h], "address": addresses.get(h, current[h]), "role": roles[h]}
+                  for h in order]
+    lost_members = [{"id": v["id"], "address": v["address"]} for v in voters_of_winner.values() if v["id"] not in by_id]
+    source = hooks.source(chosen, members[chosen], pos[chosen])
+    moved = {m["host"]: m["address"] for m in membership if m["address"] != current[m["host"]]}
+    for host in sorted(moved):
+        why.append("%s's address changes from %s to %s (recover_addresses): the new membership names the new one"
+                   % (host, current[host], moved[host]))
+    parts = {}
+    for host in survivors:
+        part = "winner" if host == chosen else "restore"
+        parts[host] = {"part": part, "id": ids[host], "role": roles[host], "new_address": moved.get(host),
+                       "repairs": repairs.get(host, []),
+                       "actions": hooks.actions(part, chosen, source, moved.get(host), repairs.get(host))}
+    fates = {h: "winner" if h == chosen else "restore from %s" % chosen for h in survivors}
+    for voter in lost_members:
+        fates["member %s (%s)" % (voter["id"], voter["address"])] = "lost: removed from the membership"
+    table_rows = [{"host": h, "id": ids[h], "address": current[h], "new_address": moved.get(h),
+                   "verdict": verdicts[h], "last_term": pos[h][0], "last_index": pos[h][1],
+                   "snapshot_index": members[h].get("snapshot_index") or 0, "fate": fates[h],
+                   "new_role": roles[h], "if_chosen": losses.get(h, "")} for h in survivors]
+    plan = {"engine": engine, "winner": chosen, "why": why, "warnings": warnings, "members": table_rows,
+            "membership": membership, "lost": lost_members, "source": source, "parts": parts, "fates": fates,
+            "repairs": repairs, "notes": _notes(members, chosen)}
+    plan["hash"] = plan_hash(plan)
+    plan["table"] = render_table(plan)
+    plan["picture"] = render_picture(members, plan)
+    return plan
+
+
+def _notes(members, chosen):
+    """Each warning or note the inspections found, and whether it matters to this recovery."""
+    notes = []
+    for host in sorted(members):
+        for p in members[host].get("problems") or []:
+            if p["severity"] == ERROR:
+                continue
+            if host != chosen:
+                matters = "does not matter: its files are moved aside and replaced by the winner's"
+            elif p.get("remedy") in (None, "", "none needed") or "from the plan" in (p.get("remedy") or ""):
+                matters = "does not matter: %s" % (p.get("remedy") or "none needed")
+            else:
+                matters = "on the winner: %s" % p["remedy"]
+            notes.append("%s: %s%s - %s" % (host, ("%s: " % p["file"]) if p.get("file") else "", p["message"],
+                                            matters))
+    return notes
+
+
+def plan_hash(plan: dict) -> str:
+    """A digest of what the recovery will do: winner, membership, source point, repairs, positions."""
+    core = {k: plan[k] for k in ("winner", "membership", "source", "lost", "repairs")}
+    core["positions"] = [[m["host"], m["last_term"], m["last_index"]] for m in plan["members"]]
+    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
+
+
+def render_table(plan: dict) -> list:
+    head = ("member", "id", "address", "verdict", "last term", "last index", "snapshot", "new role", "fate")
+    rows = [head]
+    for m in plan["members"]:
+        address = m["address"] or "?"
+        if m.get("new_address"):
+            address += " -> " + m["new_address"]
+        rows.append((m["host"], str(m["id"]), address, m["verdict"], str(m["last_term"]),
+                     str(m["last_index"]), str(m["snapshot_index"]), m["new_role"], m["fate"]))
+    for s in plan["lost"]:
+        rows.append(("-", str(s["id"]), s["address"], "lost", "-", "-", "-", "-", "removed (declared lost)"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def render_picture(members: dict, plan: dict, width: int = 40) -> list:
+    """Each member's log drawn to one scale: snapshot (S), log entries (=), its end."""
+    top = max([position(f)[1] for f in members.values()] + [1])
+    lines = ["index 0%s%d" % (" " * (width - len(str(top)) + 1), top)]
+    winner = plan["winner"]
+    win_end = position(members[winner], members[winner].get("verdict") == REPAIRABLE)
+    for host in sorted(members, key=lambda h: (h != winner, h)):
+        facts = members[host]
+        cells = [" "] * width
+        snap = facts.get("snapshot_index") or 0
+        first = facts.get("first_index") or (snap + 1)
+        last = facts.get("last_index") or 0
+
+        def col(index):
+            return min(width - 1, int(index * (width - 1) / top))
+        for i in range(col(first), col(last) + 1 if last else 0):
+            cells[i] = "="
+        if snap:
+            cells[col(snap)] = "S"
+        pos = position(facts)
+        if host == winner:
+            note = "<- winner" + (" (after its repair: %s)" % fmt_pos(win_end) if win_end != pos else "")
+        elif pos == win_end:
+            note = "same end as the winner"
+        elif pos[0] != win_end[0]:
+            note = "last term %d vs winner's %d: diverges after the common prefix" % (pos[0], win_end[0]) \
+                if pos[0] > 0 else "empty"
+        else:
+            note = "%d behind" % (win_end[1] - pos[1]) if pos[1] <= win_end[1] else "%d ahead" % (pos[1] - win_end[1])
+        flag = "" if facts.get("verdict") == HEALTHY else " [%s]" % facts.get("verdict", UNUSABLE)
+        lines.append("%-6s |%s| t%d:%d %s%s" % (host, "".join(cells), pos[0], pos[1], note, flag))
+    lines.append("S = newest snapshot, = = log entries; ends are (last term):(last index)")
+    return lines
