@@ -4,6 +4,8 @@
 """Filters the recover role uses to read its journals."""
 from __future__ import annotations
 
+from ansible_collections.quorum.recovery.plugins.module_utils.journal import unite
+
 DOCUMENTATION = r"""
 name: merge_journals
 short_description: Merge the recovery journals read from every member
@@ -43,12 +45,7 @@ def merge_journals(journals):
         return {"status": "conflict", "journal": None,
                 "message": "members hold journals of different recoveries %s: %s; compare them and move the "
                            "stale ones aside by hand" % (kind, ", ".join(map(str, ids)))}
-    merged = {}
-    steps = {}
-    for journal in sorted(pool, key=lambda j: (j.get("plan") is not None, len(j.get("steps") or {}))):
-        merged.update(journal)
-        steps.update(journal.get("steps") or {})
-    merged["steps"] = steps
+    merged = unite(sorted(pool, key=lambda j: (j.get("plan") is not None, len(j.get("steps") or {}))))
     if active:
         return {"status": "active", "journal": merged,
                 "message": "recovery %s is in progress; this run continues it" % ids[0]}

@@ -13,6 +13,8 @@ Python so that no template renders a format dqlite reads.
 """
 from __future__ import annotations
 
+from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_format as fmt
+
 ROLE_ORDER = {"voter": 0, "stand-by": 1, "spare": 2}
 # the go-dqlite app's numbers for the roles in info.yaml and cluster.yaml
 APP_ROLE_NUMBERS = {"voter": 0, "stand-by": 1, "spare": 2}
@@ -91,3 +93,24 @@ def node_yaml(nodes: list) -> str:
 
 def info_yaml(node: dict) -> str:
     return "Address: %s\nID: %d\nRole: %d\n" % (node["address"], int(node["id"]), APP_ROLE_NUMBERS[node["role"]])
+
+
+def parse_nodes(text: str) -> list:
+    """(id, address, role number) of every node in a cluster.yaml or info.yaml text; ValueError
+    when it does not parse."""
+    try:
+        return [(int(n["ID"]), n["Address"], int(n["Role"])) for n in fmt.parse_node_yaml(text)]
+    except (fmt.FormatError, KeyError, TypeError) as exc:
+        raise ValueError(str(exc))
+
+
+def node_differs(path: str, content: str) -> bool:
+    """Whether the info.yaml at path names another ID or address than `content` (missing or
+    unreadable: True). The role number is not compared: the app keeps it up to date itself."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            have = parse_nodes(handle.read())
+    except (OSError, ValueError):
+        return True
+    want = parse_nodes(content)
+    return [(i, a) for i, a, _r in have] != [(i, a) for i, a, _r in want]

@@ -212,8 +212,9 @@ def make_plan(engine: str, members: dict, lost=(), winner=None, addresses=None, 
     verdicts = {h: members[h].get("verdict", UNUSABLE) for h in members}
     repairable = {h for h in members if verdicts[h] == REPAIRABLE}
     pos = {h: position(members[h], h in repairable) for h in members}
+    # at the same rank a member that needs no repair goes first: repair only what the plan needs
     candidates = sorted((h for h in members if verdicts[h] in (HEALTHY, REPAIRABLE)),
-                        key=lambda h: tuple(-k for k in rank_key(members[h])) + (h,))
+                        key=lambda h: tuple(-k for k in rank_key(members[h])) + (h in repairable, h))
     if not candidates:
         reasons.append("no usable member: %s" % ", ".join(
             "%s is %s (%s)" % (h, verdicts[h], problems_text(members[h])) for h in sorted(members)))

@@ -20,6 +20,11 @@ description:
     the new membership, the reconfigure already happened and nothing is run. Anything else fails
     without running the tool, because the directory is not what the plan was made from.
     Running it twice, or on two members, forks the log for good (lxd#13524).
+  - Then makes the go-dqlite app's own files agree with the new membership (written here, in
+    Python, as the app writes them): C(cluster.yaml) lists the new membership, and C(info.yaml)
+    this member's entry in it (its address changes when the plan gives it a new one).
+  - Returns the raft files the other members get from this one (RV(raft_files)), so no caller
+    picks files by name.
   - The member must be stopped.
 author:
   - quorum.recovery maintainers (@quorum-recovery)
@@ -58,6 +63,10 @@ options:
     description: Where to write the membership YAML the command reads (outside the data directory is fine).
     type: path
     required: true
+  member_id:
+    description: This member's ID in O(membership); its entry is written to C(info.yaml).
+    type: int
+    required: true
 """
 
 EXAMPLES = r"""
@@ -68,6 +77,7 @@ EXAMPLES = r"""
       - {id: 3297041220608546238, address: "10.0.0.1:19001", role: voter}
     expected_last_index: 1509
     yaml_path: /var/backups/quorum-recovery/r1/cluster.yaml
+    member_id: 3297041220608546238
     command: [/snap/microk8s/current/bin/dqlite, -s, "127.0.0.1:19001", -c, "{dir}/cluster.crt", -k,
               "{dir}/cluster.key", k8s, ".reconfigure {dir} {yaml}"]
 """
@@ -82,6 +92,17 @@ already_done:
   description: True when the directory already held this reconfigure, so nothing was run.
   returned: success
   type: bool
+raft_files:
+  description: The files the other members get from this one - snapshots, their C(.meta), closed segments.
+  returned: success
+  type: list
+  elements: str
+  sample: ["snapshot-1-1024-123", "snapshot-1-1024-123.meta", "0000000000001025-0000000000001509"]
+written:
+  description: The go-dqlite app files rewritten to match the new membership (C(cluster.yaml), C(info.yaml)).
+  returned: success
+  type: list
+  elements: str
 stdout:
   description: What the reconfigure command printed.
   returned: when it ran
@@ -92,17 +113,40 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_datadir
+from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_plan
 from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
 
-ROLE_NUMBERS = {"voter": 0, "stand-by": 1, "spare": 2}
+
+def raft_files(facts):
+    """What a restored member needs from this one: every snapshot with its .meta, and the closed
+    segments raft loads (the open ones hold nothing after a reconfigure, which closes its segment)."""
+    snapshots = facts.get("snapshots") or []
+    return ([s["file"] for s in snapshots if s.get("file")] + [s["meta_file"] for s in snapshots if s.get("meta_file")]
+            + [s["file"] for s in facts.get("segments") or [] if s["kind"] == "closed" and not s.get("ignored")])
 
 
-def render_yaml(membership):
-    lines = []
-    for server in membership:
-        lines += ["- Address: %s" % server["address"], "  ID: %d" % int(server["id"]),
-                  "  Role: %d" % ROLE_NUMBERS[server["role"]]]
-    return "\n".join(lines) + "\n"
+def _write_app_files(module, path, membership, member_id):
+    """cluster.yaml and info.yaml as the new membership says; returns the names rewritten."""
+    own = [s for s in membership if int(s["id"]) == member_id]
+    if not own:
+        module.fail_json(msg="member_id=%d is not in the membership %s" % (member_id, membership))
+    written = []
+    cluster = dqlite_plan.node_yaml(membership)
+    try:
+        with open(os.path.join(path, "cluster.yaml"), encoding="utf-8") as handle:
+            same = sorted(dqlite_plan.parse_nodes(handle.read())) == sorted(dqlite_plan.parse_nodes(cluster))
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        written.append(("cluster.yaml", cluster))
+    info = dqlite_plan.info_yaml(own[0])
+    if dqlite_plan.node_differs(os.path.join(path, "info.yaml"), info):
+        written.append(("info.yaml", info))
+    for name, content in written:
+        if not module.check_mode:
+            arch.write_atomic(os.path.join(path, name), content.encode(), 0o600)
+    written = [name for name, _content in written]
+    return written
 
 
 def _done(facts, membership, index):
@@ -126,13 +170,14 @@ def main():
             expected_last_index=dict(type="int", required=True),
             command=dict(type="list", elements="str", required=True),
             yaml_path=dict(type="path", required=True),
+            member_id=dict(type="int", required=True),
         ),
         supports_check_mode=True,
     )
     path, expected = module.params["path"], module.params["expected_last_index"]
     membership = module.params["membership"]
     for server in membership:
-        if set(server) < {"id", "address", "role"} or server["role"] not in ROLE_NUMBERS:
+        if set(server) < {"id", "address", "role"} or server["role"] not in dqlite_plan.APP_ROLE_NUMBERS:
             module.fail_json(msg="membership entry %r needs id, address and role (voter, stand-by or spare)" % server)
     if not any(s["role"] == "voter" for s in membership):
         module.fail_json(msg="membership has no voter")
@@ -143,7 +188,9 @@ def main():
     if facts["running"]["running"]:
         module.fail_json(msg="dqlite is running on %s (%s); stop it first" % (path, facts["running"]["evidence"]))
     if _done(facts, membership, expected + 1):
-        module.exit_json(changed=False, already_done=True, segment=segment)
+        written = _write_app_files(module, path, membership, module.params["member_id"])
+        module.exit_json(changed=bool(written), already_done=True, segment=segment, raft_files=raft_files(facts),
+                         written=written)
     last = (facts.get("log") or {}).get("last_index")
     if last != expected:
         module.fail_json(msg="%s ends at index %s, but the plan expects %d (or %d after its reconfigure): the "
@@ -153,17 +200,19 @@ def main():
         module.fail_json(msg="%s is %s; the plan only reconfigures a healthy member" % (path, facts["verdict"]),
                          member=facts)
     if module.check_mode:
-        module.exit_json(changed=True, already_done=False, segment=segment)
+        module.exit_json(changed=True, already_done=False, segment=segment, raft_files=[], written=[])
     yaml_path = module.params["yaml_path"]
     os.makedirs(os.path.dirname(yaml_path), mode=0o700, exist_ok=True)
-    arch.write_atomic(yaml_path, render_yaml(membership).encode())
+    arch.write_atomic(yaml_path, dqlite_plan.node_yaml(membership).encode())
     argv = [a.replace("{dir}", path).replace("{yaml}", yaml_path) for a in module.params["command"]]
     rc, out, err = module.run_command(argv)
     after = dqlite_datadir.inspect_datadir(path, "quick")
     if rc != 0 or not _done(after, membership, expected + 1):
         module.fail_json(msg="the reconfigure command %s did not append %s with the new membership (rc %d): %s"
                          % (argv, segment, rc, (err or out).strip()), stdout=out, stderr=err, member=after)
-    module.exit_json(changed=True, already_done=False, segment=segment, stdout=out)
+    written = _write_app_files(module, path, membership, module.params["member_id"])
+    module.exit_json(changed=True, already_done=False, segment=segment, stdout=out, raft_files=raft_files(after),
+                     written=written)
 
 
 if __name__ == "__main__":

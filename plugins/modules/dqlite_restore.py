@@ -53,9 +53,25 @@ options:
     type: list
     elements: str
     default: [info.yaml]
-  cluster_yaml:
-    description: The content of the new C(cluster.yaml).
-    type: str
+  membership:
+    description:
+      - The new membership, each with C(id), C(address) and C(role), as the plan gives it. The
+        module writes C(cluster.yaml) from it, and C(info.yaml) from this member's entry when that
+        differs from the node-local one (a member whose address changed), in Python, as the
+        go-dqlite app writes them.
+    type: list
+    elements: dict
+    required: true
+  member_id:
+    description: This member's ID in O(membership).
+    type: int
+    required: true
+  expected_last_index:
+    description:
+      - The last index the winner's log has after its reconfigure. After the restore the module
+        reads the directory again and fails, naming what differs, unless it is healthy, ends at this
+        index with the reconfigure's term-1 entry and holds the planned membership.
+    type: int
     required: true
   aside_dir:
     description: Where the replaced files go. Must be on the same filesystem as O(path) to be a rename.
@@ -70,7 +86,9 @@ EXAMPLES = r"""
     archive: /var/backups/quorum-recovery/r1/source.tar.gz
     checksum: "{{ source.archive_sha256 }}"
     node_local: [info.yaml, cluster.crt, cluster.key]
-    cluster_yaml: "{{ new_cluster_yaml }}"
+    membership: "{{ plan.membership }}"
+    member_id: 3297041220608546238
+    expected_last_index: 1510
     aside_dir: /var/snap/microk8s/current/var/kubernetes/backend.replaced-r1
 """
 
@@ -106,6 +124,7 @@ import shutil
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_datadir
+from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_plan
 from ansible_collections.quorum.recovery.plugins.module_utils import progress as prog
 
 
@@ -142,6 +161,29 @@ def _remove_stale_incoming(path):
             shutil.rmtree(os.path.join(folder, name))
 
 
+def _info_to_write(path, content):
+    """Whether info.yaml must be rewritten: only when it names another ID or address than the
+    plan (a member whose address changed); its role and layout are the app's own business."""
+    return dqlite_plan.node_differs(os.path.join(path, "info.yaml"), content)
+
+
+def _check(path, p):
+    """The directory as the plan wants it after the restore, or the reason it is not."""
+    facts = dqlite_datadir.inspect_datadir(path, "quick")
+    log = facts.get("log") or {}
+    servers = ((facts.get("membership") or {}).get("authoritative") or {}).get("servers") or []
+    want = sorted(int(s["id"]) for s in p["membership"])
+    found = []
+    if facts["verdict"] != "healthy":
+        found.append("verdict %s" % facts["verdict"])
+    if (log.get("last_term"), log.get("last_index")) != (1, p["expected_last_index"]):
+        found.append("last term/index %s/%s (want 1/%d)" % (log.get("last_term"), log.get("last_index"),
+                                                            p["expected_last_index"]))
+    if sorted(s["id"] for s in servers) != want:
+        found.append("membership %s (want %s)" % (sorted(s["id"] for s in servers), want))
+    return facts, found
+
+
 def _restore(module, path, node_local, progress):
     p = module.params
     try:
@@ -150,9 +192,12 @@ def _restore(module, path, node_local, progress):
         raise _Refused("the winner's archive failed its check on arrival: %s; nothing was changed" % exc)
     wanted = {e["name"]: e["sha256"] for e in manifest["files"] if e["name"] not in node_local}
     wanted["cluster.yaml"] = arch.hashlib.sha256(p["cluster_yaml"].encode()).hexdigest()
+    info = _info_to_write(path, p["info_yaml"])
     current = _current(path, node_local, progress, "compare")
     if current == wanted:
-        return dict(changed=False, moved_aside=[], restored=[], aside=None)
+        if info and not module.check_mode:
+            arch.write_atomic(os.path.join(path, "info.yaml"), p["info_yaml"].encode(), 0o600)
+        return dict(changed=bool(info), moved_aside=[], restored=["info.yaml"] if info else [], aside=None)
     if module.check_mode:
         return dict(changed=True, moved_aside=sorted(current), restored=sorted(wanted), aside=p["aside_dir"])
     _remove_stale_incoming(path)
@@ -177,6 +222,8 @@ def _restore(module, path, node_local, progress):
             os.rename(os.path.join(incoming, name), target)
             restored.append(name)
         arch.write_atomic(os.path.join(path, "cluster.yaml"), p["cluster_yaml"].encode(), 0o600)
+        if info:  # node-local, kept above; its address changes with the member's
+            arch.write_atomic(os.path.join(path, "info.yaml"), p["info_yaml"].encode(), 0o600)
     finally:
         shutil.rmtree(incoming, ignore_errors=True)  # only our own unpacked copy
     after = _current(path, node_local, progress, "check")
@@ -194,7 +241,9 @@ def main():
             archive=dict(type="path", required=True),
             checksum=dict(type="str", required=True),
             node_local=dict(type="list", elements="str", default=["info.yaml"]),
-            cluster_yaml=dict(type="str", required=True),
+            membership=dict(type="list", elements="dict", required=True),
+            member_id=dict(type="int", required=True),
+            expected_last_index=dict(type="int", required=True),
             aside_dir=dict(type="path", required=True),
             **prog.PROGRESS_OPTIONS
         ),
@@ -202,6 +251,10 @@ def main():
     )
     p = module.params
     path, node_local = p["path"].rstrip("/"), set(p["node_local"])
+    own = [s for s in p["membership"] if int(s["id"]) == p["member_id"]]
+    if not own:
+        module.fail_json(msg="member_id=%d is not in the membership %s" % (p["member_id"], p["membership"]))
+    p["cluster_yaml"], p["info_yaml"] = dqlite_plan.node_yaml(p["membership"]), dqlite_plan.info_yaml(own[0])
     if not os.path.isdir(path):
         module.fail_json(msg="path %s is not a directory" % path)
     if dqlite_datadir.is_running(path)["running"]:
@@ -216,6 +269,12 @@ def main():
         progress.close()
         module.fail_json(msg=str(exc), progress=progress.summary(), **exc.facts)
     progress.close()
+    if not module.check_mode:
+        facts, found = _check(path, p)
+        if found:
+            module.fail_json(msg="%s does not match the winner after the restore: %s; the replaced files are in %s"
+                             % (path, ", ".join(found), result.get("aside") or p["aside_dir"]),
+                             progress=progress.summary(), summary=facts.get("summary"), **result)
     module.exit_json(progress=progress.summary(), **result)
 
 

@@ -72,6 +72,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
+from ansible_collections.quorum.recovery.plugins.module_utils import journal
 
 
 def _read(module, path):
@@ -110,11 +111,7 @@ def main():
     if not new.get("recovery_id"):
         module.fail_json(msg="journal needs a recovery_id")
     if current and current.get("recovery_id") == new["recovery_id"]:
-        merged = dict(current)
-        steps = dict(current.get("steps") or {})
-        steps.update(new.get("steps") or {})
-        merged.update(new)
-        merged["steps"] = steps
+        merged = journal.unite([current, new])
     elif current and current.get("status") != "complete":
         module.fail_json(msg="journal %s belongs to recovery %s, still in progress; refusing to start %s"
                          % (path, current.get("recovery_id"), new["recovery_id"]), journal=current)

@@ -96,8 +96,8 @@ class Chain:
         journal = journals[0]
         assert journal["status"] == "complete" and "verified" in journal["steps"], (why, journal["steps"])
         plan = journal["plan"]
-        n = plan["reconfigure"]["expected_last_index"] + 1
-        segment = plan["reconfigure"]["segment"]
+        n = plan["source"]["expected_last_index"] + 1
+        segment = plan["source"]["segment"]
         assert segment == "%016d-%016d" % (n, n)
         assert n == self.floor + 1, (why, "the winner was not the most advanced member", n, self.floor)
         for host in hosts:
@@ -156,7 +156,7 @@ def _spread(tasks) -> list[int]:
     """CI's kill points: every 25th task, and right after (and one past) each step that changes the
     cluster or records that it did."""
     points = set(range(1, len(tasks) + 1, 25))
-    marks = ("Safety archive", "Reconfigure ONCE", "(reconfigured)", "Replace each other member", "(starting)",
+    marks = ("Safety archive", "Reconfigure ONCE", "(source-built)", "Replace each other member", "(starting)",
              "Start the winner")
     for k, (name, _occ) in enumerate(tasks, 1):
         if any(m in name for m in marks):

@@ -30,7 +30,7 @@ def test_rollback_from_the_safety_archives_as_the_runbook_says(lab, tmp_path):
     run_ansible("ansible-playbook", "playbooks/recover.yml", "-e", "recover_confirm=yes",
                 "-e", "recover_controller_dir=%s" % (tmp_path / "controller"), inventory=lab.inventory_path)
     journal = json.loads(hosts[0].real_path("/var/backups/quorum-recovery/journal.json").read_text())
-    rid, segment = journal["recovery_id"], journal["plan"]["reconfigure"]["segment"]
+    rid, segment = journal["recovery_id"], journal["plan"]["source"]["segment"]
     assert all(segment in os.listdir(h.real_path(h.dqlite_data_dir)) for h in hosts)
 
     script = _runbook_script()

@@ -124,6 +124,9 @@ def test_a_repairable_member_ahead_is_planned_as_repaired_and_only_the_winner_is
     plan = dp.make_plan(three(h3=torn("h3", 2, 130, cut_at=95)))
     assert plan["winner"] == "h1" and plan["repairs"] == {}
     assert next(m for m in plan["members"] if m["host"] == "h3")["last_index"] == 95
+    # level with a healthy member: the healthy one wins, nothing is repaired
+    plan = dp.make_plan(three(h1=torn("h1", 2, 100), h2=member("h2", 2, 100)))
+    assert plan["winner"] == "h2" and plan["repairs"] == {}
 
 
 def test_a_refused_override_is_refused_before_any_repair():
