@@ -11,7 +11,7 @@ It opens files for reading only and never renames, writes, locks or starts anyth
 Predictions replay the raft loader (canonical/raft uv.c, uv_list.c, uv_segment.c,
 uv_snapshot.c, uv_metadata.c), the same in raft 0.14 to 0.18 and in dqlite's in-tree raft:
 auto-recovery (on by default) renames a corrupt LAST closed segment, or a corrupt open segment,
-to corrupt-* and retries once. predict_start() is that replay; docs/dqlite_facts.md has the
+to corrupt-* and retries once. predict_start() is that replay; docs/dqlite_info.md has the
 behaviour measured against real dqlite.
 """
 
@@ -213,7 +213,7 @@ def _reuse_large_buffers():
 
 
 def inspect_datadir(path, depth="full", auto_recovery=True, lz4="auto"):
-    """Everything dqlite_facts reports about one data directory (see the module's RETURN).
+    """Everything dqlite_info reports about one data directory (see the module's RETURN).
 
     lz4 picks what checks snapshot contents (dqlite_format.lz4_engine: auto, library, tool,
     python); a named engine the host lacks raises ValueError before anything is read."""

@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The recovery plan for a dqlite cluster, made on the controller from every member's facts.
 
-Pure functions over what dqlite_facts returned for each member: elect the most advanced member
+Pure functions over what dqlite_info returned for each member: elect the most advanced member
 (term of the last entry, then last index: Raft's own election rule), compute the new
 membership, list each host's fate and actions, and refuse with the reasons when the choice is
 not safe. Nothing here touches a host.
@@ -93,7 +93,7 @@ def _is_lost(server, lost, hosts):
 
 def _address_reasons(members, current_address, hosts, addresses):
     """Refusals for addresses that would bring the cluster up broken. A member whose host lost
-    the address its info.yaml names (dqlite_facts' address_local), or whose inventory address
+    the address its info.yaml names (dqlite_info' address_local), or whose inventory address
     (recover_address) differs from it, moved: reconfigured under its old address it would not
     start (go-dqlite refuses a --db address that differs from info.yaml, and cannot listen on an
     address its host lacks) and the others would keep calling the old one. Only recover_addresses
@@ -148,7 +148,7 @@ def _plan_roles(order, old_roles, max_voters):
 
 def make_plan(members, lost=(), winner=None, addresses=None, hosts=None, max_voters=3,
               allow_repairs=True, accept_loss=False):
-    """Plan a recovery. members: {host: dqlite_facts member}; lost: declared lost members
+    """Plan a recovery. members: {host: dqlite_info member}; lost: declared lost members
     (inventory names, addresses or IDs); winner: an operator override; addresses: {host: new
     address}; hosts: {host: configured address}. Raises PlanRefused."""
     addresses = dict(addresses or {})

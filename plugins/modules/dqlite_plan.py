@@ -36,7 +36,7 @@ attributes:
     support: full
 options:
   members:
-    description: "Inventory host name -> the C(member) that M(quorum.recovery.dqlite_facts) returned, for every
+    description: "Inventory host name -> the C(member) that M(quorum.recovery.dqlite_info) returned, for every
       reachable member not declared lost."
     type: dict
     required: true

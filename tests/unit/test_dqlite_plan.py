@@ -1,4 +1,4 @@
-"""The recovery plan's election and refusals, on member facts shaped like dqlite_facts' output.
+"""The recovery plan's election and refusals, on member facts shaped like dqlite_info' output.
 
 These are synthetic facts, so every branch of the rules can be reached; the integration tests
 (test_recover_scenarios.py) run the same code on facts read from real broken lab clusters.
@@ -199,6 +199,6 @@ def test_a_new_address_that_cannot_work_is_refused(facts, addresses, hosts, matc
 
 
 def test_unknown_address_locality_refuses_nothing():
-    # facts from an older dqlite_facts, or a name that does not resolve: no address_local at all
+    # facts from an older dqlite_info, or a name that does not resolve: no address_local at all
     plan = dp.make_plan(three(h2=dict(member("h2", 2, 90), address_local=None)))
     assert plan["membership"][1]["address"] == addr("h2") and "new_address" in plan["members"][1]

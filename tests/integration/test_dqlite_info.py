@@ -1,4 +1,4 @@
-"""dqlite_facts against REAL dqlite data directories from the lab.
+"""dqlite_info against REAL dqlite data directories from the lab.
 
 Oracle: `.reconfigure` (the real go-dqlite shell) run on a scratch copy appends one segment
 N-N with N = last index + 1, so the module's last index must predict its name. The module
@@ -27,7 +27,7 @@ def _fingerprint(directory):
 
 
 def _facts(lab, hosts="dqlite", depth="full", lz4_engine="auto"):
-    proc = run_ansible("ansible", hosts, "-m", "quorum.recovery.dqlite_facts", "-a",
+    proc = run_ansible("ansible", hosts, "-m", "quorum.recovery.dqlite_info", "-a",
                        "path={{ dqlite_data_dir }} depth=%s lz4_engine=%s" % (depth, lz4_engine), "-o",
                        inventory=lab.inventory_path)
     facts = {}
@@ -122,11 +122,11 @@ def test_truncated_open_segment_is_predicted_and_the_cut_makes_dqlite_start(lab)
     assert not _starts(lab, host, "torn-asis")
     # The module's repair (check mode first: nothing changes), then real dqlite starts.
     before = _fingerprint(host.real_path(host.dqlite_data_dir))
-    proc = run_ansible("ansible", host.name, "-m", "quorum.recovery.dqlite_facts", "--check", "-a",
+    proc = run_ansible("ansible", host.name, "-m", "quorum.recovery.dqlite_info", "--check", "-a",
                        "path=%s cut=%s" % (host.dqlite_data_dir, victim["file"]), inventory=lab.inventory_path)
     assert "CHANGED" in proc.stdout
     assert _fingerprint(host.real_path(host.dqlite_data_dir)) == before
-    proc = run_ansible("ansible", host.name, "-m", "quorum.recovery.dqlite_facts", "-a",
+    proc = run_ansible("ansible", host.name, "-m", "quorum.recovery.dqlite_info", "-a",
                        "path=%s cut=%s quarantine_dir=/var/tmp/quarantine" % (host.dqlite_data_dir, victim["file"]),
                        inventory=lab.inventory_path)
     assert os.path.getsize(host.real_path("%s/%s" % (host.dqlite_data_dir, victim["file"]))) == cut_to

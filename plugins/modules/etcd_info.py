@@ -7,7 +7,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: etcd_facts
+module: etcd_info
 short_description: Read an etcd data directory offline, verify it, and name what is broken
 version_added: 0.1.0
 description:
@@ -89,7 +89,7 @@ options:
 
 EXAMPLES = r"""
 - name: Inspect the member's etcd data directory (read-only)
-  quorum.recovery.etcd_facts:
+  quorum.recovery.etcd_info:
     path: /var/lib/etcd
   register: etcd
 
@@ -98,7 +98,7 @@ EXAMPLES = r"""
     msg: "{{ etcd.member.verdict }} at term {{ etcd.member.log.last_term }} index {{ etcd.member.log.last_index }}"
 
 - name: Inspect a kubeadm member and ask it for its status if it still answers
-  quorum.recovery.etcd_facts:
+  quorum.recovery.etcd_info:
     path: /var/lib/etcd
     depth: quick
     endpoint: https://127.0.0.1:2379
@@ -175,7 +175,7 @@ member:
     prediction:
       description:
         - What etcd does when started on this directory, replayed in its own start-up order and checked
-          against etcd 3.4.23 started on damaged copies (docs/etcd_facts.md has the measured table).
+          against etcd 3.4.23 started on damaged copies (docs/etcd_info.md has the measured table).
         - C(outcome) is V(starts), V(refuses) (logs a fatal error, exits 1), V(panics) (a Go panic or a memory
           fault, exits 2) or V(new-member) (no WAL, so it bootstraps a fresh log); C(starts) is true for
           V(starts); C(error) is the text etcd prints (null when it cannot be predicted, as for a memory fault);

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: dqlite_facts
+module: dqlite_info
 short_description: Read a dqlite data directory offline, verify it, and name what is broken
 version_added: 0.1.0
 description:
@@ -105,7 +105,7 @@ options:
 
 EXAMPLES = r"""
 - name: Inspect the member's dqlite data directory (read-only)
-  quorum.recovery.dqlite_facts:
+  quorum.recovery.dqlite_info:
     path: /var/snap/microk8s/current/var/kubernetes/backend
   register: dqlite
 
@@ -114,7 +114,7 @@ EXAMPLES = r"""
     msg: "{{ dqlite.member.verdict }} at term {{ dqlite.member.log.last_term }} index {{ dqlite.member.log.last_index }}"
 
 - name: Move a corrupt newest snapshot aside, as the inspection proposed
-  quorum.recovery.dqlite_facts:
+  quorum.recovery.dqlite_info:
     path: /var/snap/microk8s/current/var/kubernetes/backend
     quarantine: "{{ dqlite.member.problems | map(attribute='action') | select | selectattr('quarantine', 'defined')
       | map(attribute='quarantine') | flatten }}"
@@ -185,7 +185,7 @@ member:
     prediction:
       description:
         - A replay of what dqlite does to this directory at start, checked against real dqlite
-          (docs/dqlite_facts.md has the measured table).
+          (docs/dqlite_info.md has the measured table).
         - Its outcome is V(starts), V(refuses) (exits with raft's or go-dqlite's message),
           V(crashes) (dies without a useful message) or V(hangs) (spins for ever, as raft does on
           a truncated LZ4 snapshot).
