@@ -505,7 +505,7 @@ def _inspect_log(path, kinds, newest, usable, full, problems, auto_recovery):
                     % (error["batch"], error["offset"], error["message"], after),
                     "truncate the segment at byte %d and start" % error["offset"],
                     "whatever follows byte %d in %s (not readable as batches)" % (error["offset"], name),
-                    "review, then either cut it at byte %d (the cut option keeps the original aside; dqlite "
+                    "review, then either cut it at byte %d (dqlite_repair keeps the original aside; dqlite "
                     "would truncate there itself at start) or rebuild this member from the winner" % error["offset"],
                     index_range=[next_index, next_index], action={"truncate": {"file": name, "length": error["offset"]}}))
             else:
