@@ -1,4 +1,4 @@
-"""Full WAL scan of 5 x 64 MB WAL files: etcd_facts' reader with the pure-Python CRC-32C, with
+"""Full WAL scan of 5 x 64 MB WAL files: etcd_info' reader with the pure-Python CRC-32C, with
 the C one (pip `crc32c`, when installed), and `cat` for the cost of reading the bytes.
 
 python3 benchmarks/etcd_wal_scan.py [--dir DIR] [--entry-size 1024]; prints a JSON line per path.

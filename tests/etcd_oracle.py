@@ -64,7 +64,7 @@ def real_start(lab, host, data_dir: str, name: str = "oracle", force_new_cluster
     death), `exits` (gone without either), `starts` (past start-up: listeners serving, alive
     `settle` seconds later), `serves` (answers endpoint status with a leader: force_new_cluster
     or a one-member cluster), `new-member` (started by bootstrapping a fresh log) or `hangs`
-    (neither within timeout). changes: the files it changed at start, in etcd_facts' terms. serve (default: force_new_cluster)
+    (neither within timeout). changes: the files it changed at start, in etcd_info' terms. serve (default: force_new_cluster)
     says to wait for it to answer endpoint status; a member without quorum never does.
     """
     serve = force_new_cluster if serve is None else serve

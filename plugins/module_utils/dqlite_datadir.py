@@ -11,7 +11,7 @@ It opens files for reading only and never renames, writes, locks or starts anyth
 Predictions replay the raft loader (canonical/raft uv.c, uv_list.c, uv_segment.c,
 uv_snapshot.c, uv_metadata.c), the same in raft 0.14 to 0.18 and in dqlite's in-tree raft:
 auto-recovery (on by default) renames a corrupt LAST closed segment, or a corrupt open segment,
-to corrupt-* and retries once. predict_start() is that replay; docs/dqlite_facts.md has the
+to corrupt-* and retries once. predict_start() is that replay; docs/dqlite_info.md has the
 behaviour measured against real dqlite.
 """
 
@@ -220,7 +220,7 @@ def _reuse_large_buffers():
 
 
 def inspect_datadir(path, depth="full", auto_recovery=True, lz4="auto"):
-    """Everything dqlite_facts reports about one data directory (see the module's RETURN).
+    """Everything dqlite_info reports about one data directory (see the module's RETURN).
 
     lz4 picks what checks snapshot contents (dqlite_format.lz4_engine: auto, library, tool,
     python); a named engine the host lacks raises ValueError before anything is read."""
@@ -564,7 +564,7 @@ def _inspect_log(path, kinds, newest, usable, full, problems, auto_recovery):
                     % (error["batch"], error["offset"], error["message"], after),
                     "truncate the segment at byte %d and start" % error["offset"],
                     "whatever follows byte %d in %s (not readable as batches)" % (error["offset"], name),
-                    "review, then either cut it at byte %d (the cut option keeps the original aside; dqlite "
+                    "review, then either cut it at byte %d (dqlite_repair keeps the original aside; dqlite "
                     "would truncate there itself at start) or rebuild this member from the winner" % error["offset"],
                     index_range=[next_index, next_index], action={"truncate": {"file": name, "length": error["offset"]}}))
             else:

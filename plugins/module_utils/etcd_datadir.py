@@ -7,7 +7,7 @@ PRIVATE to this collection: may change without notice. Standard library only.
 
 inspect_datadir() follows etcd's start-up (etcdserver.NewServer, 3.4.10 and later, 3.5), in its
 order, which is checked by starting Debian's etcd 3.4.23 on damaged copies of real directories
-(tests/integration/test_etcd_facts.py):
+(tests/integration/test_etcd_info.py):
  1. open the bbolt db: both meta pages bad -> panic; etcd does not persist bbolt's freelist, so
     bbolt walks every reachable page to rebuild it, and a page out of place -> panic or fault;
  2. no WAL file at all: bootstrap as a new member;
@@ -71,7 +71,7 @@ def _listdir(path):
 
 
 def inspect_datadir(path, depth="full"):
-    """Everything etcd_facts reports about one data directory (see the module's RETURN)."""
+    """Everything etcd_info reports about one data directory (see the module's RETURN)."""
     full = depth == "full"
     problems = []
     result = {"path": path, "depth": depth, "exists": os.path.isdir(path), "problems": problems,

@@ -8,7 +8,7 @@ start-up (member.prediction) must match what real dqlite does with the same byte
   last index raft kept (N - 1).
 Bases: the lab's members after a clean stop (idle, then after churn: snapshots and several
 closed segments) and after a SIGKILL mid-write (open segments). Every measured row is written
-to build/dqlite-matrix.json for docs/dqlite_facts.md.
+to build/dqlite-matrix.json for docs/dqlite_info.md.
 """
 from __future__ import annotations
 
@@ -401,7 +401,7 @@ def matrix(lab):
     playbook = host.real_path("%s/facts.yml" % MATRIX)
     playbook.write_text(json.dumps([{
         "hosts": host.name, "gather_facts": False, "tasks": [
-            {"name": "inspect every case", "quorum.recovery.dqlite_facts": {
+            {"name": "inspect every case", "quorum.recovery.dqlite_info": {
                 "path": "%s/{{ item }}/%s" % (MATRIX, host.dqlite_address)},
              "loop": names, "register": "facts"},
             {"name": "keep the results", "ansible.builtin.copy": {

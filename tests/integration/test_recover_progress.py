@@ -11,7 +11,7 @@ async jobs on lab hosts over real SSH.
   job runs, not after it: the first line between 0% and 100% arrives seconds before the task's
   result; the fetch and the push print how far the file got while it moves.
 - ansible-runner's stdout and its job events (type "verbose", what AWX displays) hold the lines.
-- Since a killed playbook leaves its background jobs working, dqlite_facts on a stopped member
+- Since a killed playbook leaves its background jobs working, dqlite_info on a stopped member
   waits while a restore holds the data directory's lock (never reads it half restored), and does
   not wait where dqlite runs.
 """
@@ -174,7 +174,7 @@ def test_ansible_runner_shows_the_lines_as_awx_does(lab, big_folder, tmp_path):
 
 
 def _facts_seconds(lab, host, holding_for):
-    """Seconds dqlite_facts takes on `host` while this process holds the data directory's lock
+    """Seconds dqlite_info takes on `host` while this process holds the data directory's lock
     (as a restore left working by an interrupted playbook does) for `holding_for` seconds."""
     fd = os.open(host.real_path(host.dqlite_data_dir), os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -182,7 +182,7 @@ def _facts_seconds(lab, host, holding_for):
     release.start()
     try:
         began = time.monotonic()
-        run_ansible("ansible", host.name, "-m", "quorum.recovery.dqlite_facts",
+        run_ansible("ansible", host.name, "-m", "quorum.recovery.dqlite_info",
                     "-a", "path=%s depth=quick" % host.dqlite_data_dir, inventory=lab.inventory_path)
         return time.monotonic() - began
     finally:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: etcd_facts
+module: etcd_info
 short_description: Read an etcd data directory offline, verify it, and name what is broken
 version_added: 0.1.0
 description:
@@ -89,7 +89,7 @@ options:
 
 EXAMPLES = r"""
 - name: Inspect the member's etcd data directory (read-only)
-  quorum.recovery.etcd_facts:
+  quorum.recovery.etcd_info:
     path: /var/lib/etcd
   register: etcd
 
@@ -98,7 +98,7 @@ EXAMPLES = r"""
     msg: "{{ etcd.member.verdict }} at term {{ etcd.member.log.last_term }} index {{ etcd.member.log.last_index }}"
 
 - name: Inspect a kubeadm member and ask it for its status if it still answers
-  quorum.recovery.etcd_facts:
+  quorum.recovery.etcd_info:
     path: /var/lib/etcd
     depth: quick
     endpoint: https://127.0.0.1:2379
@@ -113,6 +113,19 @@ member:
   returned: always
   type: dict
   contains:
+    summary:
+      description:
+        - The engine-neutral summary the recovery plan reads (the same fields from M(quorum.recovery.dqlite_info)
+          and M(quorum.recovery.etcd_info); docs/member_summary.md says what each means).
+        - C(engine), C(path), C(exists), C(cluster_key) (etcd's cluster ID; dqlite has none), C(member_id),
+          C(address) and C(address_source), C(address_local), C(last_term), C(last_index), C(first_index),
+          C(snapshot_index), C(last_entry_sha256), C(current_term) (the term the member voted in; above every
+          log term after a lone campaign), C(commit) (etcd), C(tie_break) (compared after term and index), C(terms)
+          (where each term of the log begins), C(voters) (C(id), C(address), C(role)), C(verdict), C(running),
+          C(after_repair) (where the log ends once the proposed repairs are made, with C(repairs)), and
+          C(problems) (C(severity), C(file), C(message), C(range), C(engine_would), C(data_lost), C(remedy), C(repair)).
+      type: dict
+      sample: {"engine": "etcd", "member_id": "8e9e05c52164694d", "last_term": 2, "last_index": 4120, "verdict": "healthy"}
     verdict:
       description: V(healthy), V(repairable) (etcd or one reviewed local step fixes it without losing committed
         data, for example a torn WAL tail) or V(unusable) (rebuild this member from another).
@@ -175,7 +188,7 @@ member:
     prediction:
       description:
         - What etcd does when started on this directory, replayed in its own start-up order and checked
-          against etcd 3.4.23 started on damaged copies (docs/etcd_facts.md has the measured table).
+          against etcd 3.4.23 started on damaged copies (docs/etcd_info.md has the measured table).
         - C(outcome) is V(starts), V(refuses) (logs a fatal error, exits 1), V(panics) (a Go panic or a memory
           fault, exits 2) or V(new-member) (no WAL, so it bootstraps a fresh log); C(starts) is true for
           V(starts); C(error) is the text etcd prints (null when it cannot be predicted, as for a memory fault);

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: dqlite_facts
+module: dqlite_info
 short_description: Read a dqlite data directory offline, verify it, and name what is broken
 version_added: 0.1.0
 description:
@@ -18,9 +18,7 @@ description:
     V(healthy), V(repairable) or V(unusable).
   - Every problem names the file, the index range, what dqlite itself would do at start, what
     data would be lost, and the remedy.
-  - Strictly read-only unless O(quarantine) or O(cut) is given. Those move named files aside
-    into a quarantine folder with a manifest (never deleting), or cut an open segment at the end
-    of its last complete batch after keeping the original in the quarantine folder.
+  - Strictly read-only. M(quorum.recovery.dqlite_repair) carries out the repair actions it proposes.
   - On a member where dqlite is stopped, waits while M(quorum.recovery.dqlite_restore) works on
     O(path) (a restore left working by an interrupted playbook holds a lock on the folder), so it
     never reads a directory half restored.
@@ -31,13 +29,11 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: In check mode the quarantine and cut steps are reported, not done.
+    details: Changes nothing in any mode, so check mode runs the same inspection.
   diff_mode:
     support: none
   idempotent:
-    support: partial
-    details: Inspection changes nothing and is idempotent. A quarantined file is gone from the directory, so
-      naming it again in O(quarantine) fails rather than moving something else.
+    support: full
 options:
   path:
     description:
@@ -77,35 +73,16 @@ options:
         or a node started with C(dqlite_node_set_auto_recovery(false)), which refuses instead.
     type: bool
     default: true
-  quarantine:
-    description:
-      - File names in O(path) to move into the quarantine folder, for example the newest
-        snapshot and its C(.meta) when that snapshot is corrupt. Each must be named by a problem
-        of the inspection; anything else is refused and nothing is moved.
-    type: list
-    elements: str
-    default: []
-  cut:
-    description:
-      - Open segment file names to cut at the end of their last complete batch (the repair for
-        a segment torn inside a batch). The original is first copied into the quarantine folder.
-    type: list
-    elements: str
-    default: []
   new_address:
     description:
       - The dqlite address (C(host:port)) this member is to be started with when its host's
         address changed. Checked like C(info.yaml)'s address and reported in RV(member.new_address_local).
     type: str
-  quarantine_dir:
-    description:
-      - Where quarantined files go. Defaults to a sibling of O(path), C(<path>.quarantine/<UTC time>).
-    type: path
 """
 
 EXAMPLES = r"""
 - name: Inspect the member's dqlite data directory (read-only)
-  quorum.recovery.dqlite_facts:
+  quorum.recovery.dqlite_info:
     path: /var/snap/microk8s/current/var/kubernetes/backend
   register: dqlite
 
@@ -113,19 +90,33 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     msg: "{{ dqlite.member.verdict }} at term {{ dqlite.member.log.last_term }} index {{ dqlite.member.log.last_index }}"
 
-- name: Move a corrupt newest snapshot aside, as the inspection proposed
-  quorum.recovery.dqlite_facts:
+- name: Carry out the repairs the inspection proposes, keeping the originals
+  quorum.recovery.dqlite_repair:
     path: /var/snap/microk8s/current/var/kubernetes/backend
-    quarantine: "{{ dqlite.member.problems | map(attribute='action') | select | selectattr('quarantine', 'defined')
-      | map(attribute='quarantine') | flatten }}"
+    repairs: "{{ dqlite.member.problems | map(attribute='action') | select | rejectattr('write', 'defined') | list }}"
+    quarantine_dir: /var/snap/microk8s/current/var/kubernetes/backend.quarantine/manual-1
+  when: dqlite.member.verdict == 'repairable'
 """
 
 RETURN = r"""
 member:
-  description: What the inspection found (after any quarantine or cut).
+  description: What the inspection found.
   returned: always
   type: dict
   contains:
+    summary:
+      description:
+        - The engine-neutral summary the recovery plan reads (the same fields from M(quorum.recovery.dqlite_info)
+          and M(quorum.recovery.etcd_info); docs/member_summary.md says what each means).
+        - C(engine), C(path), C(exists), C(cluster_key) (etcd's cluster ID; dqlite has none), C(member_id),
+          C(address) and C(address_source), C(address_local), C(last_term), C(last_index), C(first_index),
+          C(snapshot_index), C(last_entry_sha256), C(current_term) (the term the member voted in; above every
+          log term after a lone campaign), C(commit) (etcd), C(tie_break) (compared after term and index), C(terms)
+          (where each term of the log begins), C(voters) (C(id), C(address), C(role)), C(verdict), C(running),
+          C(after_repair) (where the log ends once the proposed repairs are made, with C(repairs)), and
+          C(problems) (C(severity), C(file), C(message), C(range), C(engine_would), C(data_lost), C(remedy), C(repair)).
+      type: dict
+      sample: {"engine": "dqlite", "member_id": 3297041220608546238, "last_term": 2, "last_index": 4120, "verdict": "healthy"}
     verdict:
       description: V(healthy), V(repairable) (one reviewed local step fixes it) or V(unusable).
       type: str
@@ -167,9 +158,11 @@ member:
       description:
         - Each problem with severity (V(error), V(warning), V(info)), file, index_range, message,
           dqlite_would, data_lost, remedy and action.
-        - The action is what one reviewed step would do; C(quarantine) lists files to pass to
-          O(quarantine), C(truncate) names a file and length to pass to O(cut), C(write) names a yaml
-          file the recovery writes from its plan; null when only a rebuild from another member helps.
+        - The action is what one reviewed step would do, in the shape
+          M(quorum.recovery.dqlite_repair) takes in its O(quorum.recovery.dqlite_repair#module:repairs);
+          C(quarantine) lists files to move aside, C(truncate) names a file and the length to cut it to,
+          C(write) names a yaml file the recovery writes from its plan; null when only a rebuild from
+          another member helps.
       type: list
       elements: dict
       sample:
@@ -185,7 +178,7 @@ member:
     prediction:
       description:
         - A replay of what dqlite does to this directory at start, checked against real dqlite
-          (docs/dqlite_facts.md has the measured table).
+          (docs/dqlite_info.md has the measured table).
         - Its outcome is V(starts), V(refuses) (exits with raft's or go-dqlite's message),
           V(crashes) (dies without a useful message) or V(hangs) (spins for ever, as raft does on
           a truncated LZ4 snapshot).
@@ -212,24 +205,10 @@ member:
       type: bool
       returned: when O(new_address) is given
       sample: true
-quarantined:
-  description: The manifest entries of files moved or copied aside by this run.
-  returned: when O(quarantine) or O(cut) is given
-  type: list
-  elements: dict
-  sample: [{"file": "snapshot-2-2048-1234", "to": "/var/lib/x.quarantine/20260101T000000Z/snapshot-2-2048-1234",
-            "sha256": "...", "size": 1234, "action": "moved"}]
-quarantine_dir:
-  description: The folder holding the quarantined files and C(manifest.json).
-  returned: when O(quarantine) or O(cut) is given
-  type: str
 """
 
 import contextlib
-import datetime
-import json
 import os
-import shutil
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -237,88 +216,16 @@ from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_data
 from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
 
 
-def _validate_requests(module, facts):
-    """Every named file must exist and be proposed by the inspection; fail before any change."""
-    path = module.params["path"]
-    proposed_quarantine, proposed_cut = set(), {}
-    for problem in facts["problems"]:
-        action = problem.get("action") or {}
-        proposed_quarantine.update(action.get("quarantine", []))
-        if "truncate" in action:
-            proposed_cut[action["truncate"]["file"]] = action["truncate"]["length"]
-    for name in module.params["quarantine"] + module.params["cut"]:
-        if os.path.basename(name) != name or name in ("", ".", ".."):
-            module.fail_json(msg="quarantine/cut take file names inside path, not paths: %r" % name)
-        if not os.path.isfile(os.path.join(path, name)):
-            module.fail_json(msg="%s does not exist in %s; nothing was changed" % (name, path))
-    unproposed = [n for n in module.params["quarantine"] if n not in proposed_quarantine]
-    if unproposed:
-        module.fail_json(msg="quarantine: %s not named by any problem the inspection found; nothing was changed"
-                         % ", ".join(unproposed), member=facts)
-    uncuttable = [n for n in module.params["cut"] if n not in proposed_cut]
-    if uncuttable:
-        module.fail_json(msg="cut: %s has no complete-batch cut point proposed by the inspection; nothing was "
-                         "changed" % ", ".join(uncuttable), member=facts)
-    if facts.get("running", {}).get("running"):
-        module.fail_json(msg="dqlite is running on %s (%s): stop it before quarantining files"
-                         % (path, facts["running"]["evidence"]), member=facts)
-    return proposed_cut
-
-
-def _apply(module, facts, proposed_cut):
-    path = module.params["path"]
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    qdir = module.params["quarantine_dir"] or "%s.quarantine/%s" % (path.rstrip("/"), stamp)
-    plan = [(name, "moved") for name in module.params["quarantine"]] + \
-           [(name, "cut") for name in module.params["cut"] if name not in module.params["quarantine"]]
-    manifest = []
-    for name, action in plan:
-        source = os.path.join(path, name)
-        entry = {"file": name, "from": source, "to": os.path.join(qdir, name), "size": os.path.getsize(source),
-                 "sha256": arch.sha256_file(source), "action": action, "time": stamp,
-                 "reasons": [p["message"] for p in facts["problems"]
-                             if name in ((p.get("action") or {}).get("quarantine", []))
-                             or ((p.get("action") or {}).get("truncate") or {}).get("file") == name]}
-        if action == "cut":
-            entry["cut_to"] = proposed_cut[name]
-        manifest.append(entry)
-    if module.check_mode:
-        return qdir, manifest
-    os.makedirs(qdir, mode=0o700, exist_ok=True)
-    manifest_path = os.path.join(qdir, "manifest.json")
-    previous = []
-    if os.path.exists(manifest_path):
-        with open(manifest_path) as handle:
-            previous = json.load(handle)
-    for entry in manifest:
-        if os.path.exists(entry["to"]):
-            module.fail_json(msg="%s already exists; refusing to overwrite a quarantined file" % entry["to"])
-    for entry in manifest:
-        if entry["action"] == "moved":
-            shutil.move(entry["from"], entry["to"])  # same filesystem: a rename, else copy + remove
-        else:
-            shutil.copy2(entry["from"], entry["to"])
-            if arch.sha256_file(entry["to"]) != entry["sha256"]:
-                module.fail_json(msg="copy of %s to the quarantine does not match; not cutting" % entry["from"])
-            with open(entry["from"], "r+b") as handle:
-                handle.truncate(entry["cut_to"])
-                os.fsync(handle.fileno())
-        arch.write_atomic(manifest_path, json.dumps(previous + manifest[:manifest.index(entry) + 1],
-                                                    indent=2).encode(), mode=0o644)
-    return qdir, manifest
-
-
 @contextlib.contextmanager
-def _settled(path, exclusive):
-    """Wait until no restore of this collection works on `path` (one left working by an
-    interrupted playbook holds the folder's lock), so the directory is never read half
-    restored; hold the lock shared while reading, exclusive while repairing. A member where
-    dqlite runs is read as it is: a restore never runs there, and the engine's own locks
-    must not make this wait."""
+def _settled(path):
+    """Wait until no restore or repair of this collection works on `path` (one left working by
+    an interrupted playbook holds the folder's lock), so the directory is never read half
+    restored; hold the lock shared while reading. A member where dqlite runs is read as it is:
+    a restore never runs there, and the engine's own locks must not make this wait."""
     if dqlite_datadir.is_running(path)["running"]:
         yield
         return
-    with arch.locked(path, shared=not exclusive):
+    with arch.locked(path, shared=True):
         yield
 
 
@@ -327,6 +234,7 @@ def _inspect(module, path):
                                            module.params["lz4_engine"])
     if module.params["new_address"]:
         facts["new_address_local"] = dqlite_datadir.address_is_local(module.params["new_address"])
+        facts["summary"]["new_address_local"] = facts["new_address_local"]
     return facts
 
 
@@ -337,31 +245,25 @@ def main():
             depth=dict(type="str", choices=["quick", "full"], default="full"),
             lz4_engine=dict(type="str", choices=["auto", "library", "tool", "python"], default="auto"),
             auto_recovery=dict(type="bool", default=True),
-            quarantine=dict(type="list", elements="str", default=[]),
-            cut=dict(type="list", elements="str", default=[]),
-            quarantine_dir=dict(type="path"),
             new_address=dict(type="str"),
         ),
         supports_check_mode=True,
     )
     path = module.params["path"]
+    if not os.path.exists(path):
+        # a member whose data directory is gone is a fact too (verdict unusable), not an error:
+        # the plan rebuilds it from the winner or refuses, naming it
+        module.exit_json(changed=False, member=_inspect(module, path))
     if not os.path.isdir(path):
         module.fail_json(msg="path %s is not a directory" % path)
-    repairs = bool(module.params["quarantine"] or module.params["cut"])
-    with _settled(path, exclusive=repairs):
+    with _settled(path):
         try:
             facts = _inspect(module, path)
         except OSError as exc:
             module.fail_json(msg="cannot read %s: %s" % (path, exc))
         except ValueError as exc:
             module.fail_json(msg="lz4_engine=%s: %s" % (module.params["lz4_engine"], exc))
-        if not repairs:
-            module.exit_json(changed=False, member=facts)
-        proposed_cut = _validate_requests(module, facts)
-        qdir, manifest = _apply(module, facts, proposed_cut)
-        if not module.check_mode:
-            facts = _inspect(module, path)
-    module.exit_json(changed=True, member=facts, quarantined=manifest, quarantine_dir=qdir)
+    module.exit_json(changed=False, member=facts)
 
 
 if __name__ == "__main__":

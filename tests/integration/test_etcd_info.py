@@ -1,4 +1,4 @@
-"""etcd_facts against REAL etcd 3.4 data directories from the lab.
+"""etcd_info against REAL etcd 3.4 data directories from the lab.
 
 Oracles: `etcdctl snapshot status` on a copy of the same db (revision, key count, hash, size);
 `etcdctl endpoint status` of the member while it ran (raft index and term), including a member
@@ -43,7 +43,7 @@ def _fingerprint(directory):
 
 def _run(lab, hosts, args):
     """The module over SSH: {host: its whole result}."""
-    proc = run_ansible("ansible", hosts, "-m", "quorum.recovery.etcd_facts", "-a", args, "-o",
+    proc = run_ansible("ansible", hosts, "-m", "quorum.recovery.etcd_info", "-a", args, "-o",
                        inventory=lab.inventory_path)
     results = {}
     for line in proc.stdout.splitlines():
@@ -387,7 +387,7 @@ def _oracle_row(case, member, plain, force):
             "header", {}).get("revision")) if force else "")
 
 
-def test_real_etcd_start_on_every_damaged_copy_does_what_etcd_facts_predicts(lab, tmp_path_factory):
+def test_real_etcd_start_on_every_damaged_copy_does_what_etcd_info_predicts(lab, tmp_path_factory):
     """The oracle for `prediction` and `etcd_would`: etcd 3.4.23 itself, started on a scratch copy of
     each damaged directory inside h1, with every lab member stopped and h1 cut off, so a copy that
     knows the cluster's peers reaches none of them."""
@@ -449,7 +449,7 @@ def test_real_etcd_start_on_every_damaged_copy_does_what_etcd_facts_predicts(lab
                 wrong.append("%s: %s (etcd log %s)" % (case, "; ".join(problems), plain["log"]))
     finally:
         lab.heal(host)
-    table = "| case | etcd_facts predicts | etcd 3.4.23 did |\n|---|---|---|\n" + "\n".join(rows)
+    table = "| case | etcd_info predicts | etcd 3.4.23 did |\n|---|---|---|\n" + "\n".join(rows)
     (tmp_path_factory.getbasetemp() / "etcd-oracle.md").write_text(table + "\n")
     print("\n" + table)
     assert not wrong, "\n".join(wrong) + "\n" + table

@@ -1,4 +1,4 @@
-"""dqlite_facts against REAL dqlite data directories from the lab.
+"""dqlite_info against REAL dqlite data directories from the lab.
 
 Oracle: `.reconfigure` (the real go-dqlite shell) run on a scratch copy appends one segment
 N-N with N = last index + 1, so the module's last index must predict its name. The module
@@ -27,7 +27,7 @@ def _fingerprint(directory):
 
 
 def _facts(lab, hosts="dqlite", depth="full", lz4_engine="auto"):
-    proc = run_ansible("ansible", hosts, "-m", "quorum.recovery.dqlite_facts", "-a",
+    proc = run_ansible("ansible", hosts, "-m", "quorum.recovery.dqlite_info", "-a",
                        "path={{ dqlite_data_dir }} depth=%s lz4_engine=%s" % (depth, lz4_engine), "-o",
                        inventory=lab.inventory_path)
     facts = {}
@@ -35,6 +35,13 @@ def _facts(lab, hosts="dqlite", depth="full", lz4_engine="auto"):
         host, _sep, rest = line.partition(" | ")
         facts[host] = json.loads(rest[rest.index("{"):])["member"]
     return facts
+
+
+def _module_result(proc):
+    """The JSON result of a one-host ad-hoc run (default callback: "host | STATUS => {...}", after
+    the diff when --diff is given)."""
+    text = proc.stdout
+    return json.JSONDecoder().raw_decode(text[text.index(" => {") + 4:])[0]
 
 
 def _reconfigure_scratch(lab, host, tag):
@@ -120,20 +127,34 @@ def test_truncated_open_segment_is_predicted_and_the_cut_makes_dqlite_start(lab)
 
     # Real dqlite on a scratch copy: it does not come up.
     assert not _starts(lab, host, "torn-asis")
-    # The module's repair (check mode first: nothing changes), then real dqlite starts.
+    # dqlite_repair with the action as proposed: check mode first (shows it, changes nothing),
+    # then the real run, then the same run again (a resumed recovery), which changes nothing.
+    args = "-a", json.dumps({"path": host.dqlite_data_dir, "repairs": [torn[0]["action"]],
+                             "quarantine_dir": "/var/tmp/quarantine"})
     before = _fingerprint(host.real_path(host.dqlite_data_dir))
-    proc = run_ansible("ansible", host.name, "-m", "quorum.recovery.dqlite_facts", "--check", "-a",
-                       "path=%s cut=%s" % (host.dqlite_data_dir, victim["file"]), inventory=lab.inventory_path)
-    assert "CHANGED" in proc.stdout
+    shown = _module_result(run_ansible("ansible", host.name, "-m", "quorum.recovery.dqlite_repair", "--check",
+                                       "--diff", *args, inventory=lab.inventory_path))
+    assert shown["changed"] and shown["cut"] == {victim["file"]: cut_to}
+    assert shown["moved"] == {victim["file"]: "/var/tmp/quarantine/%s" % victim["file"]}
     assert _fingerprint(host.real_path(host.dqlite_data_dir)) == before
-    proc = run_ansible("ansible", host.name, "-m", "quorum.recovery.dqlite_facts", "-a",
-                       "path=%s cut=%s quarantine_dir=/var/tmp/quarantine" % (host.dqlite_data_dir, victim["file"]),
+    assert not host.real_path("/var/tmp/quarantine").exists()
+    proc = run_ansible("ansible", host.name, "-m", "quorum.recovery.dqlite_repair", "--diff", *args,
                        inventory=lab.inventory_path)
+    done = _module_result(proc)
+    # the diff shows the listing read back from disk: the segment's size before and after the cut
+    assert '-    "%s": %d' % (victim["file"], cut_at) in proc.stdout, proc.stdout
+    assert '+    "%s": %d' % (victim["file"], cut_to) in proc.stdout, proc.stdout
+    assert done["changed"] and done["member"]["verdict"] == "healthy", done["member"]["problems"]
     assert os.path.getsize(host.real_path("%s/%s" % (host.dqlite_data_dir, victim["file"]))) == cut_to
     kept = host.real_path("/var/tmp/quarantine/%s" % victim["file"])
     assert os.path.getsize(kept) == cut_at  # the original, as it was, kept aside
     manifest = json.loads(host.real_path("/var/tmp/quarantine/manifest.json").read_text())
-    assert manifest[0]["file"] == victim["file"] and manifest[0]["cut_to"] == cut_to
+    assert manifest[0]["file"] == victim["file"] and manifest[0]["cut_to"] == cut_to and manifest[0]["done"]
+    repaired = _fingerprint(host.real_path(host.dqlite_data_dir))
+    again = _module_result(run_ansible("ansible", host.name, "-m", "quorum.recovery.dqlite_repair", *args,
+                                       inventory=lab.inventory_path))
+    assert not again["changed"] and again["moved"] == {}
+    assert _fingerprint(host.real_path(host.dqlite_data_dir)) == repaired
     member = _facts(lab, hosts=host.name)[host.name]
     assert member["verdict"] == "healthy", member["problems"]
     assert _starts(lab, host, "torn-cut")
