@@ -329,8 +329,9 @@ def _after_repair(result):
         if seg["kind"] == "open" and seg["file"] not in gone and seg["entries"]:
             next_index += seg["entries"]
             last = (seg["last_term"], next_index - 1, seg.get("last_entry_sha256"))
+    # writes (info.yaml, cluster.yaml) are not repairs of files: the recovery writes those from its plan
     return {"last_term": last[0], "last_index": last[1], "snapshot_index": snapshot_index,
-            "last_entry_sha256": last[2], "repairs": actions}
+            "last_entry_sha256": last[2], "repairs": [a for a in actions if "write" not in a]}
 
 
 def address_is_local(address):

@@ -252,8 +252,8 @@ def make_plan(engine: str, members: dict, lost=(), winner=None, addresses=None, 
         if not allow_repairs:
             reasons.append("%s is still repairable after its repair (%s); repair it by hand or declare it lost"
                            % (chosen, problems_text(members[chosen])))
-        else:
-            repairs[chosen] = list((members[chosen].get("after_repair") or {}).get("repairs") or [])
+        elif (members[chosen].get("after_repair") or {}).get("repairs"):
+            repairs[chosen] = list(members[chosen]["after_repair"]["repairs"])
             why.append("%s needs a repair before it can be the source (%s); the others are rebuilt from it, so "
                        "their own damage is moved aside with their files, not repaired"
                        % (chosen, problems_text(members[chosen])))
