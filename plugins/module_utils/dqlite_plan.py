@@ -20,9 +20,9 @@ ROLE_ORDER = {"voter": 0, "stand-by": 1, "spare": 2}
 APP_ROLE_NUMBERS = {"voter": 0, "stand-by": 1, "spare": 2}
 # nothing beyond (last term, last index): two dqlite logs that end alike hold the same entries
 TIE_BREAK = "name"
-# dqlite's metadata term can be above every log term after a lone campaign; the plan ranks by
-# the log, and says so
-FLAG_LONE_CAMPAIGN = True
+# dqlite's metadata term is above the last log term after any election whose leader has not
+# written yet (seen in the lab: term 3 with every entry in term 1), so it proves no lone campaign
+FLAG_LONE_CAMPAIGN = False
 
 
 def roles(order: list, old_roles: dict, max_voters: int) -> dict:

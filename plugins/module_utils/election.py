@@ -267,10 +267,12 @@ def make_plan(engine: str, members: dict, lost=(), winner=None, addresses=None, 
             why.append("%s is unusable and cannot be the source: %s" % (host, problems_text(members[host])))
         else:
             behind = pos[chosen][1] - pos[host][1]
-            why.append("%s is at %s (%s)" % (host, fmt_pos(pos[host]),
-                                             "same position" if pos[host] == pos[chosen] else
-                                             "%d entries behind" % behind if pos[host][0] == pos[chosen][0] else
-                                             "an older term"))
+            why.append("%s is at %s (%s)%s" % (host, fmt_pos(pos[host]),
+                                               "same position" if pos[host] == pos[chosen] else
+                                               "%d entries behind" % behind if pos[host][0] == pos[chosen][0] else
+                                               "an older term",
+                                               "; its damage needs no repair, it is rebuilt from the winner: %s"
+                                               % problems_text(members[host]) if host in repairable else ""))
 
     # The winner must hold what every other member's newest snapshot holds (those entries were
     # applied, so committed).

@@ -106,39 +106,52 @@ def test_two_of_three_lost_for_good(fresh_lab):
     _assert_recovered(lab, [h1], {"key": (1000, 32)}, voters=1)
 
 
-def test_corrupt_newest_snapshot_on_the_winner_and_corrupt_segment_on_another(fresh_lab):
+def _newest_snapshot(host):
+    return sorted(n for n in os.listdir(host.real_path(host.dqlite_data_dir))
+                  if n.startswith("snapshot-") and not n.endswith(".meta"))[-1]
+
+
+def test_corrupt_newest_snapshot_on_the_two_most_advanced_and_corrupt_segment_on_another(fresh_lab):
+    """h1 and h2 end level (a clean stop), each with a corrupt newest snapshot: one of them must be
+    repaired to be the source, and only that one is (the other is rebuilt from it, its damaged
+    snapshot moved aside with its files). The plan --check shows is the plan carried out, with the
+    repair in it, and it comes before any change."""
     lab = fresh_lab
     hosts = lab.up(3, keys=1000)
     h1, h2, h3 = hosts
     lab.churn(h1, "dqlite", 2500, 200)  # dqlite snapshots every ~1024 entries
     for host in hosts:
         lab.service(host, "dqlite", "stop")
-    snapshots = sorted(n for n in os.listdir(h1.real_path(h1.dqlite_data_dir))
-                       if n.startswith("snapshot-") and not n.endswith(".meta"))
-    assert snapshots, "no snapshot after churn"
-    newest = snapshots[-1]
-    lab.corrupt(h1, "%s/%s" % (h1.dqlite_data_dir, newest), offset=200, flip=4)
+    newest = {h.name: _newest_snapshot(h) for h in (h1, h2)}
+    for host in (h1, h2):
+        lab.corrupt(host, "%s/%s" % (host.dqlite_data_dir, newest[host.name]), offset=200, flip=4)
     closed = sorted(n for n in os.listdir(h3.real_path(h3.dqlite_data_dir)) if re.fullmatch(r"\d{16}-\d{16}", n))
     middle = closed[len(closed) // 2]
     lab.corrupt(h3, "%s/%s" % (h3.dqlite_data_dir, middle), offset=40, flip=1)
+    checked = run_ansible("ansible-playbook", PLAYBOOK, "--check", inventory=lab.inventory_path).stdout
+    winner = _plan_winner(checked)
+    other = "h2" if winner == "h1" else "h1"
+    assert winner in ("h1", "h2"), checked[-4000:]
+    shown = checked[checked.find("TASK [quorum.recovery.recover : The plan]"):][:6000]
+    assert "repairs first" in shown and "%s: repair (move aside %s" % (winner, newest[winner]) in shown, shown
+    assert "%s: repair" % other not in shown and "warnings:" in shown, shown
+    assert middle in shown, shown  # h3's damaged segment is named in the plan
     proc = _recover(lab)
-    out = proc.stdout
-    assert "REPAIRS FIRST" in out and newest in out, out[-4000:]
-    winner = _plan_winner(out)
-    assert winner in ("h1", "h2")
-    # h3's damaged segment is named in the plan: either h3 is left out (unusable), or, when the
-    # damage lies behind its snapshot, it is repaired first like h1 (quarantine loses nothing)
-    assert middle in out, out[out.find("TASK [quorum.recovery.recover : The plan]"):][:4000]
-    # quarantined, never deleted
-    quarantine = h1.real_path(h1.dqlite_data_dir + ".quarantine")
+    assert _plan_winner(proc.stdout) == winner
+    # the winner's damaged snapshot quarantined, never deleted; the other one never repaired
+    winner_host, other_host = (h1, h2) if winner == "h1" else (h2, h1)
+    quarantine = winner_host.real_path(winner_host.dqlite_data_dir + ".quarantine")
     moved = [n for _root, _dirs, files in os.walk(quarantine) for n in files]
-    assert newest in moved and newest + ".meta" in moved and "manifest.json" in moved
+    assert newest[winner] in moved and newest[winner] + ".meta" in moved and "manifest.json" in moved
+    assert not os.path.exists(other_host.real_path(other_host.dqlite_data_dir + ".quarantine"))
     _assert_recovered(lab, hosts, {"key": (1000, 32), "churn": (2500, 200)}, voters=3)
-    # h3's damaged segment is kept, never deleted: quarantined by its repair, or moved aside by the restore
-    parent = h3.real_path(os.path.dirname(h3.dqlite_data_dir))
-    kept = [n for d in os.listdir(parent) if ".replaced-" in d or d.endswith(".quarantine")
-            for _root, _dirs, files in os.walk(os.path.join(parent, d)) for n in files]
-    assert middle in kept, kept
+    # the damaged files of the others are kept, never deleted: moved aside by the restore
+    for host, name in ((other_host, newest[other]), (h3, middle)):
+        parent = host.real_path(os.path.dirname(host.dqlite_data_dir))
+        kept = [n for d in os.listdir(parent) if ".replaced-" in d
+                for _root, _dirs, files in os.walk(os.path.join(parent, d)) for n in files]
+        assert name in kept, (host.name, kept)
+    assert "replaced files moved to" in proc.stdout and "originals in" in proc.stdout
 
 
 def test_five_members_losing_three(fresh_lab):

@@ -120,6 +120,8 @@ def test_a_repairable_member_ahead_is_planned_as_repaired_and_only_the_winner_is
     # behind the best healthy member: never repaired, it is rebuilt from the winner
     plan = dp.make_plan(three(h3=torn("h3", 2, 10)))
     assert plan["winner"] == "h1" and plan["repairs"] == {}
+    assert "h3 is at term 2 index 10 (90 entries behind); its damage needs no repair, it is rebuilt from the " \
+        "winner: open-2: cut inside batch 3" in plan["why"]
     # ahead before its repair, behind after it: not the winner, not repaired
     plan = dp.make_plan(three(h3=torn("h3", 2, 130, cut_at=95)))
     assert plan["winner"] == "h1" and plan["repairs"] == {}
