@@ -21,8 +21,16 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import TYPE_CHECKING
 
 from ansible_collections.quorum.recovery.plugins.module_utils.etcd_format import crc32c
+
+if TYPE_CHECKING:
+    from typing import Any, Iterator
+
+    from ansible_collections.quorum.recovery.plugins.module_utils.ondisk import Bytes
+
+    Item = tuple[int, memoryview, memoryview]  # (element flags, key, value) of a leaf
 
 MAGIC, VERSION = 0xED0CDAED, 2
 BRANCH, LEAF, META, FREELIST = 0x01, 0x02, 0x04, 0x10
@@ -38,20 +46,20 @@ MAX_DEPTH = 64
 class BoltError(ValueError):
     """A structural fault; the message says what and where (page id, file offset)."""
 
-    def __init__(self, message, offset=None, page=None):
+    def __init__(self, message: str, offset: int | None = None, page: int | None = None) -> None:
         super().__init__(message)
         self.offset = offset
         self.page = page
 
 
-def fnv64a(data):
+def fnv64a(data: Bytes) -> int:
     value = 0xCBF29CE484222325
     for byte in bytes(data):
         value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
     return value
 
 
-def parse_meta(data, offset):
+def parse_meta(data: Bytes, offset: int) -> dict[str, Any]:
     """The meta struct of the page at `offset` -> dict with `error` None or what is wrong."""
     if offset + 16 + _META.size > len(data):
         return {"offset": offset, "error": "file too short for a meta page at offset %d" % offset}
@@ -71,7 +79,7 @@ def parse_meta(data, offset):
     return meta
 
 
-def read_metas(data):
+def read_metas(data: Bytes) -> dict[str, Any]:
     """Both meta pages and the one bbolt would use (or None when both are bad)."""
     first = parse_meta(data, 0)
     # bbolt takes the page size from meta 0 when it validates, else assumes the OS page size
@@ -88,12 +96,12 @@ def read_metas(data):
 class Bolt:
     """A bbolt file in memory; walk() visits every reachable page once and checks it."""
 
-    def __init__(self, data, meta, page_size):
+    def __init__(self, data: Bytes, meta: dict[str, Any], page_size: int) -> None:
         self.data = memoryview(data)
         self.meta = meta
         self.page_size = page_size
-        self.visited = {}
-        self.errors = []
+        self.visited: dict[int, str] = {}  # page id: where it was reached from
+        self.errors: list[dict[str, Any]] = []
 
     def _page(self, pgid, expect, where):
         offset = pgid * self.page_size
@@ -141,7 +149,7 @@ class Bolt:
             items.append((flags, key, self.data[start + ksize:start + ksize + vsize]))
         return items
 
-    def iterate(self, root, where, depth=0):
+    def iterate(self, root: int, where: str, depth: int = 0) -> Iterator[Item]:
         """Yield (flags, key, value) of the bucket rooted at page `root`, in key order."""
         if depth > MAX_DEPTH:
             raise BoltError("%s: tree deeper than %d levels (a cycle?)" % (where, MAX_DEPTH), None, root)
@@ -159,7 +167,7 @@ class Bolt:
         for i, child in enumerate(children):
             yield from self.iterate(child, "branch page %d element %d" % (root, i), depth + 1)
 
-    def bucket(self, value, where):
+    def bucket(self, value: memoryview, where: str) -> Iterator[Item]:
         """Items of the bucket whose {root, sequence} header is `value`."""
         if len(value) < 16:
             raise BoltError("%s: bucket header of %d bytes" % (where, len(value)))
@@ -175,7 +183,7 @@ class Bolt:
         sub = Bolt(bytes(inline), self.meta, self.page_size)
         return iter(sub._leaf_items(0, count, len(inline), 0))  # pylint: disable=protected-access
 
-    def freelist(self):
+    def freelist(self) -> list[int] | None:
         """Free page ids, or None when bbolt did not persist a freelist (NoFreelistSync)."""
         pgid = self.meta["freelist"]
         if pgid == NO_FREELIST:
@@ -189,7 +197,7 @@ class Bolt:
             raise BoltError("freelist page %d: %d ids do not fit the page" % (pgid, count), offset, pgid)
         return list(struct.unpack_from("<%dQ" % count, self.data, start))
 
-    def last_item(self, root, where, depth=0):
+    def last_item(self, root: int, where: str, depth: int = 0) -> Item | None:
         """The last (flags, key, value) of a bucket, descending only the rightmost path."""
         if depth > MAX_DEPTH:
             raise BoltError("%s: tree deeper than %d levels (a cycle?)" % (where, MAX_DEPTH), None, root)
@@ -206,7 +214,7 @@ def _u64_be(value):
     return struct.unpack(">Q", bytes(value))[0] if len(value) == 8 else None
 
 
-def read_etcd_db(data, full=True):
+def read_etcd_db(data: Bytes, full: bool = True) -> dict[str, Any]:
     """etcd's backend: meta pages, a page-tree walk, and the meta/key/members/cluster buckets.
 
     Returns a dict; `errors` lists structural faults (bbolt would panic or refuse), and
@@ -242,8 +250,8 @@ def read_etcd_db(data, full=True):
         for chunk in chunks:
             hasher[0] = crc32c(chunk, hasher[0])
     try:
-        for flags, name, value in bolt.iterate(meta["root"], "root bucket"):
-            name = bytes(name).decode("utf-8", "replace")
+        for flags, raw_name, value in bolt.iterate(meta["root"], "root bucket"):
+            name = bytes(raw_name).decode("utf-8", "replace")
             if not flags & BUCKET_LEAF:
                 raise BoltError("root bucket holds a plain key %r" % name)
             if full:

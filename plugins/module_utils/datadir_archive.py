@@ -24,6 +24,19 @@ import re
 import tarfile
 import time
 import zlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Callable, Collection, Iterator, Protocol
+
+    class ProgressSink(Protocol):
+        """What the long steps report to: module_utils.progress.Progress, or NO_PROGRESS."""
+
+        def phase(self, name: str, total: int | None = None) -> None:
+            pass
+
+        def advance(self, count: int) -> None:
+            pass
 
 MANIFEST = "MANIFEST.json"
 CHUNK = 1 << 20
@@ -34,17 +47,17 @@ class ArchiveError(Exception):
 
 
 class _NoProgress:
-    def phase(self, name, total=None):
+    def phase(self, name: str, total: int | None = None) -> None:
         pass
 
-    def advance(self, count):
+    def advance(self, count: int) -> None:
         pass
 
 
 NO_PROGRESS = _NoProgress()
 
 
-def sha256_file(path, progress=NO_PROGRESS):
+def sha256_file(path: str, progress: ProgressSink = NO_PROGRESS) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(CHUNK), b""):
@@ -54,7 +67,8 @@ def sha256_file(path, progress=NO_PROGRESS):
 
 
 @contextlib.contextmanager
-def locked(directory, on_wait=None, interval=1.0, shared=False):
+def locked(directory: str, on_wait: Callable[[float], object] | None = None, interval: float = 1.0,
+           shared: bool = False) -> Iterator[float]:
     """Hold a lock on `directory` (flock on the directory itself: no lock file); exclusive for
     a writer, `shared` for a reader that must not see a writer's work half done.
 
@@ -79,7 +93,7 @@ def locked(directory, on_wait=None, interval=1.0, shared=False):
         os.close(fd)  # releases the lock
 
 
-def list_files(root, include=None, exclude=()):
+def list_files(root: str, include: Collection[str] | None = None, exclude: Collection[str] = ()) -> list[str]:
     """Regular files under root (relative names, sorted). include: names or None for all."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -151,12 +165,12 @@ def _atomic(path, mode):
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
-def write_atomic(path, data, mode=0o600):
+def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
     with _atomic(path, mode) as (handle, _tmp):
         handle.write(data)
 
 
-def remove_stale_temporaries(path):
+def remove_stale_temporaries(path: str) -> list[str]:
     """Remove what _atomic left beside `path` when its writer was killed (path.tmp-PID).
 
     Call only while holding the lock of path's folder: then no live writer owns them. They never
@@ -171,14 +185,16 @@ def remove_stale_temporaries(path):
     return removed
 
 
-def create(root, dest, files, extra=None, mode=0o600, progress=NO_PROGRESS):
+def create(root: str, dest: str, files: Collection[str], extra: dict[str, Any] | None = None, mode: int = 0o600,
+           progress: ProgressSink = NO_PROGRESS) -> dict[str, Any]:
     """Archive `files` (relative to root) to dest atomically; returns the manifest."""
     os.makedirs(os.path.dirname(os.path.abspath(dest)), mode=0o700, exist_ok=True)
     entries = []
     progress.phase("archive", sum(os.path.getsize(os.path.join(root, rel)) for rel in files))
     with _atomic(dest, mode) as (raw, _tmp):
         out = _HashingWriter(raw)
-        with tarfile.open(fileobj=out, mode="w:gz", compresslevel=1) as tar:
+        # a write-only stream: the stub wants a whole file object, gzip only writes and flushes
+        with tarfile.open(fileobj=out, mode="w:gz", compresslevel=1) as tar:  # type: ignore[call-overload]
             for rel in files:
                 full = os.path.join(root, rel)
                 with open(full, "rb") as handle:
@@ -202,7 +218,7 @@ def create(root, dest, files, extra=None, mode=0o600, progress=NO_PROGRESS):
     return manifest
 
 
-def recorded_digest(dest):
+def recorded_digest(dest: str) -> str | None:
     try:
         with open(dest + ".sha256") as handle:
             return handle.read().split()[0]
@@ -216,7 +232,8 @@ def _safe_member(member):
         raise ArchiveError("unsafe or unexpected member %r" % name)
 
 
-def verify(dest, expected_sha256=None, extract_to=None, progress=NO_PROGRESS):
+def verify(dest: str, expected_sha256: str | None = None, extract_to: str | None = None,
+           progress: ProgressSink = NO_PROGRESS) -> dict[str, Any]:
     """Check the archive's digest and every file against its manifest; optionally extract.
 
     One sequential read of the archive: its sha256 is computed from the same bytes the tar reader
@@ -228,7 +245,8 @@ def verify(dest, expected_sha256=None, extract_to=None, progress=NO_PROGRESS):
     if wanted is None:
         raise ArchiveError("%s has no %s.sha256 and no expected checksum was given" % (dest, dest))
     progress.phase("extract" if extract_to is not None else "verify", os.path.getsize(dest))
-    seen, manifest, unreadable = {}, None, None
+    seen: dict[str, str] = {}
+    manifest, unreadable = None, None
     with open(dest, "rb") as raw:
         reader = _HashingReader(raw, progress)
         try:

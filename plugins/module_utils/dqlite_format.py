@@ -23,8 +23,14 @@ import shutil
 import struct
 import subprocess
 import zlib
+from typing import TYPE_CHECKING
 
 from ansible_collections.quorum.recovery.plugins.module_utils.ondisk import FormatError
+
+if TYPE_CHECKING:
+    from typing import Any, Iterator
+
+    from ansible_collections.quorum.recovery.plugins.module_utils.ondisk import Bytes
 
 try:  # the lz4 Python binding (Debian python3-lz4), if the member has it: liblz4 in-process
     import lz4.frame as _lz4_frame
@@ -66,18 +72,18 @@ def _reverse32(value):
     return int.from_bytes(value.to_bytes(4, "little").translate(_REFLECT_BYTES), "big")
 
 
-def reflect(data):
+def reflect(data: Bytes) -> bytes:
     """data with every byte bit-reversed: what crc32_reflected() takes (one pass, in C)."""
     return bytes(data).translate(_REFLECT_BYTES)
 
 
-def crc32_reflected(reflected, crc=0):
+def crc32_reflected(reflected: Bytes, crc: int = 0) -> int:
     """raft's CRC of the bytes whose reflection is `reflected` (a bytes or memoryview slice of
     reflect(data)): a large file is reflected once and its batches checked by slices."""
     return _reverse32(zlib.crc32(reflected, _reverse32(crc) ^ 0xFFFFFFFF) ^ 0xFFFFFFFF)
 
 
-def crc32(data, crc=0):
+def crc32(data: Bytes, crc: int = 0) -> int:
     """raft's byteCrc32 (MSB-first CRC-32, init 0, no final XOR), continued from crc.
 
     The MSB-first CRC of data is the bit-reversal of the reflected CRC (zlib's, without its
@@ -91,7 +97,7 @@ def _u64(buf, offset):
 
 
 # ---------------------------------------------------------------------------- metadata
-def parse_metadata(data):
+def parse_metadata(data: Bytes) -> dict[str, int]:
     """metadata1/metadata2: (format, version, term, voted_for). Raises FormatError."""
     if len(data) < METADATA_SIZE:
         raise FormatError("%d bytes, expected %d (a torn write: raft deletes such a file)"
@@ -107,7 +113,7 @@ def parse_metadata(data):
 
 
 # ---------------------------------------------------------------------------- configuration
-def parse_configuration(data):
+def parse_configuration(data: bytes | bytearray) -> list[dict[str, Any]]:
     """A raft configuration (CHANGE entry payload, .meta body): list of servers."""
     if len(data) < 9:
         raise FormatError("configuration of %d bytes is too short" % len(data), 0)
@@ -115,7 +121,7 @@ def parse_configuration(data):
         raise FormatError("configuration format %d, expected 1" % data[0], 0)
     count = _u64(data, 1)
     offset = 9
-    servers = []
+    servers: list[dict[str, Any]] = []
     if count > len(data):
         raise FormatError("configuration claims %d servers in %d bytes" % (count, len(data)), 1)
     for _index in range(count):
@@ -139,7 +145,7 @@ def parse_configuration(data):
 
 
 # ---------------------------------------------------------------------------- segments
-def parse_segment(data, full=True, closed=True):
+def parse_segment(data: Bytes, full: bool = True, closed: bool = True) -> dict[str, Any]:
     """Walk a segment's batches the way raft's loader does.
 
     Returns a dict: format, batches (offset, entries: list of (term, type, size),
@@ -149,7 +155,8 @@ def parse_segment(data, full=True, closed=True):
     reading stopped: 0 for a clean preallocated tail). With full=False, a closed segment has
     its header checksums and only its last batch's data checksum verified (quick depth).
     """
-    result = {"format": None, "batches": [], "entries": 0, "end": 0, "error": None, "trailing_nonzero_bytes": 0}
+    result: dict[str, Any] = {"format": None, "batches": [], "entries": 0, "end": 0, "error": None,
+                              "trailing_nonzero_bytes": 0}
     if len(data) < 8:
         result["error"] = {"message": "file has only %d bytes" % len(data), "offset": 0, "batch": 0,
                            "nonzero_after_batch": 0}
@@ -251,7 +258,7 @@ def _nonzero(data, start):
     return len(data) - start - bytes(data).count(0, start)
 
 
-def entry_payloads(data, batch):
+def entry_payloads(data: Bytes, batch: dict[str, Any]) -> Iterator[tuple[int, int, Bytes]]:
     """Yield (term, type, payload bytes) for each entry of a parsed batch."""
     offset = batch["data_range"][0]
     for term, etype, esize in batch["entries"]:
@@ -260,7 +267,7 @@ def entry_payloads(data, batch):
 
 
 # ---------------------------------------------------------------------------- snapshots
-def parse_snapshot_meta(data):
+def parse_snapshot_meta(data: bytes | bytearray) -> dict[str, Any]:
     """A snapshot .meta file: format, configuration index and servers. Raises FormatError."""
     if len(data) < 32:
         raise FormatError("%d bytes, shorter than the 32-byte header" % len(data), 0)
@@ -291,7 +298,7 @@ def _rotl(value, bits):
     return ((value << bits) | (value >> (32 - bits))) & _M32
 
 
-def xxh32(data, seed=0):
+def xxh32(data: Bytes | mmap.mmap, seed: int = 0) -> int:
     """xxHash32, as LZ4 frames use it for header, block and content checksums.
 
     The 16-byte stripe loop is the hot path of a full snapshot check (pure Python, about 20 MB/s
@@ -335,7 +342,7 @@ def xxh32(data, seed=0):
     return h
 
 
-def is_lz4_frame(data):
+def is_lz4_frame(data: Bytes | mmap.mmap) -> bool:
     return len(data) >= 4 and struct.unpack_from("<I", data, 0)[0] == LZ4_MAGIC
 
 
@@ -385,7 +392,7 @@ def _lz4_block_decode(src, out):
             out += (pattern * (length // distance + 1))[:length]
 
 
-def verify_lz4_frame(data, full=True):
+def verify_lz4_frame(data: Bytes | mmap.mmap, full: bool = True) -> dict[str, Any]:
     """Check an LZ4 frame: header checksum, block structure, and (full) block checksums,
     content size and content checksum, by decoding it. Returns a summary dict; raises
     FormatError naming the offset of the first problem."""
@@ -467,7 +474,7 @@ LZ4_ENGINES = ("library", "tool", "python")
 _LZ4_CHUNK = 1 << 20
 
 
-def lz4_engine(choice="auto"):
+def lz4_engine(choice: str = "auto") -> str:
     """The engine that checks LZ4 frame contents: `library` (lz4.frame), `tool` (the lz4
     command, read-only `-t`), or `python`. `auto` picks the first this host has; a named C
     engine the host lacks raises ValueError naming it."""
@@ -528,7 +535,7 @@ def _lz4_check_tool(handle, end):
     return None
 
 
-def check_lz4_file(path, full=True, engine="python"):
+def check_lz4_file(path: str, full: bool = True, engine: str = "python") -> dict[str, Any]:
     """verify_lz4_frame on a snapshot file, its contents checked by `engine` (lz4_engine()).
 
     With a C engine the file is never held in memory: the frame's structure is walked on a
@@ -582,10 +589,11 @@ def _exact_finding(handle, engine, c_error):
 
 
 # ---------------------------------------------------------------------------- YAML files
-def parse_node_yaml(text):
+def parse_node_yaml(text: str) -> list[dict[str, Any]]:
     """go-dqlite's info.yaml (one mapping) or cluster.yaml (a list of mappings) of ID,
     Address and Role. A parser for that shape only: targets have no YAML library."""
-    nodes, current = [], None
+    nodes: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].rstrip()
         if not line.strip():

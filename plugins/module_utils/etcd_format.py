@@ -22,8 +22,17 @@ from __future__ import annotations
 import json
 import re
 import struct
+from typing import TYPE_CHECKING
 
 from ansible_collections.quorum.recovery.plugins.module_utils.ondisk import FormatError
+
+if TYPE_CHECKING:
+    from typing import Any, Union
+
+    from ansible_collections.quorum.recovery.plugins.module_utils.ondisk import Bytes
+
+    # a decoded protobuf field: an int (varint, fixed) or the bytes of a length-delimited one
+    Field = Union[int, memoryview]
 
 RECORD_METADATA, RECORD_ENTRY, RECORD_STATE, RECORD_CRC, RECORD_SNAPSHOT = 1, 2, 3, 4, 5
 RECORD_TYPES = {RECORD_METADATA: "metadata", RECORD_ENTRY: "entry", RECORD_STATE: "state", RECORD_CRC: "crc",
@@ -73,7 +82,7 @@ def _wide_tables():
     return _WIDE
 
 
-def crc32c_python(data, crc=0):
+def crc32c_python(data: Bytes, crc: int = 0) -> int:
     """CRC-32C continued from crc, as Go's crc32.Update with the Castagnoli table."""
     crc ^= 0xFFFFFFFF
     view = memoryview(data)
@@ -128,10 +137,11 @@ def _varint(buf, pos, end):
             raise FormatError("protobuf: varint longer than 10 bytes", pos)
 
 
-def proto_fields(buf):
+def proto_fields(buf: Bytes) -> dict[int, list[Field]]:
     """{field number: [values]}: ints for varint/fixed fields, memoryviews for length-delimited."""
     buf = memoryview(buf)
-    pos, end, fields = 0, len(buf), {}
+    pos, end = 0, len(buf)
+    fields: dict[int, list[Field]] = {}
     while pos < end:
         key, pos = _varint(buf, pos, end)
         number, wire = key >> 3, key & 7
@@ -186,24 +196,24 @@ def _uint64s(fields, number):
     return out
 
 
-def parse_record(data):
+def parse_record(data: Bytes) -> tuple[int, int, memoryview]:
     """walpb.Record -> (type, crc, data)."""
     fields = proto_fields(data)
     return _one(fields, 1), _one(fields, 2), _one(fields, 3, b"")
 
 
-def parse_entry(data):
+def parse_entry(data: Bytes) -> tuple[int, int, int, memoryview]:
     """raftpb.Entry -> (term, index, type, data)."""
     fields = proto_fields(data)
     return _one(fields, 2), _one(fields, 3), _one(fields, 1), _one(fields, 4, b"")
 
 
-def parse_hard_state(data):
+def parse_hard_state(data: Bytes) -> dict[str, int]:
     fields = proto_fields(data)
     return {"term": _one(fields, 1), "vote": _one(fields, 2), "commit": _one(fields, 3)}
 
 
-def parse_conf_state(data):
+def parse_conf_state(data: Bytes) -> dict[str, Any]:
     fields = proto_fields(data)
 
     def ids(number):
@@ -212,20 +222,20 @@ def parse_conf_state(data):
             "auto_leave": bool(_one(fields, 5))}
 
 
-def parse_wal_snapshot(data):
+def parse_wal_snapshot(data: Bytes) -> dict[str, Any]:
     """walpb.Snapshot {index = 1, term = 2, conf_state = 3 (3.5+)}."""
     fields = proto_fields(data)
     return {"index": _one(fields, 1), "term": _one(fields, 2),
             "conf_state": parse_conf_state(_one(fields, 3, b"")) if 3 in fields else None}
 
 
-def parse_metadata(data):
+def parse_metadata(data: Bytes) -> dict[str, str]:
     """etcdserverpb.Metadata {NodeID = 1, ClusterID = 2}, as etcd prints IDs: lowercase hex."""
     fields = proto_fields(data)
     return {"member_id": "%x" % _one(fields, 1), "cluster_id": "%x" % _one(fields, 2)}
 
 
-def parse_conf_change(data, entry_type=ENTRY_CONF_CHANGE):
+def parse_conf_change(data: Bytes, entry_type: int = ENTRY_CONF_CHANGE) -> dict[str, Any]:
     """raftpb.ConfChange {ID = 1, Type = 2, NodeID = 3, Context = 4}; V2 changes are listed raw."""
     fields = proto_fields(data)
     if entry_type == ENTRY_CONF_CHANGE_V2:
@@ -237,8 +247,8 @@ def parse_conf_change(data, entry_type=ENTRY_CONF_CHANGE):
             changes.append({"type": CONF_CHANGE_TYPES.get(_one(one, 1), str(_one(one, 1))),
                             "member_id": "%x" % _one(one, 2)})
         return {"v2": True, "changes": changes}
-    change = {"type": CONF_CHANGE_TYPES.get(_one(fields, 2), str(_one(fields, 2))),
-              "member_id": "%x" % _one(fields, 3)}
+    change: dict[str, Any] = {"type": CONF_CHANGE_TYPES.get(_one(fields, 2), str(_one(fields, 2))),
+                              "member_id": "%x" % _one(fields, 3)}
     context = _one(fields, 4, b"")
     if context:
         try:
@@ -251,7 +261,7 @@ def parse_conf_change(data, entry_type=ENTRY_CONF_CHANGE):
     return change
 
 
-def parse_snap(data):
+def parse_snap(data: Bytes) -> dict[str, Any]:
     """A .snap file -> {term, index, conf_state, data_size, data}; FormatError as etcd's
     snapshotter would refuse it (it then renames the file *.broken)."""
     if not data:
@@ -280,14 +290,14 @@ def _parse_raft_snapshot(payload):
             "data_size": len(_one(snap, 1, b"")), "data": _one(snap, 1, b"")}
 
 
-def v2_store_members(data):
+def v2_store_members(data: Bytes) -> dict[str, dict[str, Any]]:
     """Member names and peer URLs from a 3.4 .snap's v2 store JSON (/0/members/<id>); {} if none."""
     try:
         root = json.loads(bytes(data).decode("utf-8"))["Root"]
         listed = root["Children"]["0"]["Children"]["members"]["Children"] or {}
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return {}
-    members = {}
+    members: dict[str, dict[str, Any]] = {}
     for member_id, node in listed.items():
         entry = members.setdefault(member_id, {})
         for attr, value in ((node or {}).get("Children") or {}).items():
@@ -341,28 +351,31 @@ class WalScan:
     full=False checks record CRCs only in the last file (each file's crc record restarts the chain).
     """
 
-    def __init__(self, start_index=0, start_term=0, full=True, read_from=0):
+    def __init__(self, start_index: int = 0, start_term: int = 0, full: bool = True, read_from: int = 0) -> None:
         self.start_index, self.start_term, self.full, self.read_from = start_index, start_term, full, read_from
         self.last_index, self.last_term = start_index, start_term
         self.crc = 0
         self.crc_known = True
-        self.hard_state = None  # the last HardState ReadAll sees
-        self.vse_state = None  # the last HardState ValidSnapshotEntries sees (its commit filters snapshots)
-        self.metadata = None
-        self.metadata_raw = None
-        self.identity = None  # the first metadata record of any file (IDs even when ReadAll fails)
-        self.snapshots = []
-        self.conf_changes = []
+        self.hard_state: dict[str, int] | None = None  # the last HardState ReadAll sees
+        # the last HardState ValidSnapshotEntries sees (its commit filters snapshots)
+        self.vse_state: dict[str, int] | None = None
+        self.metadata: dict[str, str] | None = None
+        self.metadata_raw: bytes | None = None
+        # the first metadata record of any file (IDs even when ReadAll fails)
+        self.identity: dict[str, str] | None = None
+        self.snapshots: list[dict[str, Any]] = []
+        self.conf_changes: list[dict[str, Any]] = []
         self.snapshot_matched = False
-        self.error = None
-        self.read_error = None
-        self.files = []
-        self.counts = dict.fromkeys(RECORD_TYPES.values(), 0)
+        self.error: dict[str, Any] | None = None
+        self.read_error: dict[str, Any] | None = None
+        self.files: list[dict[str, Any]] = []
+        self.counts: dict[str, int] = dict.fromkeys(RECORD_TYPES.values(), 0)
 
-    def feed(self, name, data, last):
+    def feed(self, name: str, data: Bytes, last: bool) -> None:
         number = len(self.files)
-        facts = {"file": name, "size": len(data), "records": 0, "end_offset": 0, "crc_checked": self.full or last,
-                 "read_all": number >= self.read_from, "first_entry_index": None, "last_entry_index": None}
+        facts: dict[str, Any] = {
+            "file": name, "size": len(data), "records": 0, "end_offset": 0, "crc_checked": self.full or last,
+            "read_all": number >= self.read_from, "first_entry_index": None, "last_entry_index": None}
         self.files.append(facts)
         if self.error:
             return
@@ -483,13 +496,13 @@ class WalScan:
         self.read_error = {"file": name, "offset": offset, "kind": kind, "message": message,
                            "etcd_error": ETCD_ERRORS.get(kind)}
 
-    def valid_snapshots(self):
+    def valid_snapshots(self) -> set[tuple[int, int]]:
         """(index, term) of the WAL snapshot records at or below the last HardState commit:
         the snapshots etcd may load (snap.LoadNewestAvailable)."""
         commit = (self.vse_state or {}).get("commit", 0)
         return {(s["index"], s["term"]) for s in self.snapshots if s["index"] <= commit}
 
-    def result(self):
+    def result(self) -> dict[str, Any]:
         return {"last_index": self.last_index, "last_term": self.last_term, "hard_state": self.hard_state,
                 "metadata": self.metadata or self.identity, "snapshots": self.snapshots,
                 "conf_changes": self.conf_changes, "snapshot_matched": self.snapshot_matched, "error": self.error,

@@ -10,9 +10,15 @@ name. Read-only: /proc only. Standard library only: this runs on the targets.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Collection, Iterable, Mapping
+
+    FileIds = Mapping[tuple[int, int], str]
 
 
-def file_ids(root, names):
+def file_ids(root: str, names: Iterable[str]) -> dict[tuple[int, int], str]:
     """{(st_dev, st_ino): name} for the names (relative to root) that exist."""
     ids = {}
     for name in names:
@@ -24,7 +30,7 @@ def file_ids(root, names):
     return ids
 
 
-def open_fds(pid):
+def open_fds(pid: int | str) -> list[tuple[str, str]]:
     """[(fd, "/proc/PID/fd/FD")] of process pid: empty when it is gone or not ours to see."""
     fd_dir = "/proc/%s/fd" % pid
     try:
@@ -33,7 +39,7 @@ def open_fds(pid):
         return []
 
 
-def holder(files, locks=()):
+def holder(files: FileIds, locks: Collection[str] = ()) -> dict[str, Any]:
     """Who holds `files` ({(dev, ino): name}): a flock on one of `locks` (names), or an open fd.
 
     Returns {"running": bool or None, "evidence": str[, "pid": int]}."""

@@ -21,13 +21,17 @@ import collections
 import json
 import os
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable, Mapping
 
 KEEP = 20
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
 
-def human_bytes(count):
+def human_bytes(count: float) -> str:
     """1288490188 -> '1.2 GiB'; below 1 KiB: '512 B'."""
     value = float(count)
     for unit in _UNITS:
@@ -47,7 +51,7 @@ def _human_seconds(seconds):
     return "%d h %d min" % (hours, rest // 60)
 
 
-def format_line(host, record, label=""):
+def format_line(host: str, record: Mapping[str, Any], label: str = "") -> str:
     """The line the operator sees for one progress record, e.g.
     'h1 [safety archive]: archive 412.0 MiB of 1.2 GiB (34%), 96.3 MiB/s, about 9 s left'."""
     done, total, rate = record.get("done", 0), record.get("total"), record.get("rate") or 0.0
@@ -65,7 +69,7 @@ def format_line(host, record, label=""):
     return line
 
 
-def format_summary(host, phases):
+def format_summary(host: str, phases: Iterable[Mapping[str, Any]]) -> str:
     """One line for a finished step from its phases ({'phase','bytes','seconds'}), e.g.
     'h1: done: archive 1.2 GiB in 12 s (98.1 MiB/s); verify 1.1 GiB in 4 s (281.0 MiB/s)'."""
     parts = []
@@ -91,37 +95,40 @@ class Progress:
     `interval` seconds passed since the last one; summary() lists every finished phase with its
     bytes and seconds (for the module's result); close() removes the file."""
 
-    def __init__(self, path=None, interval=1.0, clock=time.monotonic):
+    def __init__(self, path: str | None = None, interval: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.path, self.interval, self.clock = path, float(interval), clock
-        self.name, self.total, self.done = None, None, 0
+        self.name: str | None = None
+        self.total: int | None = None
+        self.done = 0
         self.started = self.last_write = 0.0
-        self.phases = []
+        self.phases: list[dict[str, Any]] = []
         self.writes = 0  # records written; also each record's sequence number
-        self.recent = collections.deque(maxlen=KEEP)
+        self.recent: collections.deque[str] = collections.deque(maxlen=KEEP)
 
     @classmethod
-    def for_module(cls, module):
+    def for_module(cls, module: Any) -> Progress:
         """The progress of a module with PROGRESS_OPTIONS: check mode writes nothing, not even progress."""
         return cls(None if module.check_mode else module.params["progress_file"], module.params["progress_interval"])
 
-    def phase(self, name, total=None):
+    def phase(self, name: str, total: int | None = None) -> None:
         self._end_phase()
         self.name, self.total, self.done = name, total, 0
         self.started = self.clock()
         self._write()
 
-    def advance(self, count):
+    def advance(self, count: int) -> None:
         self.done += count
         if self.clock() - self.last_write >= self.interval:
             self._write()
 
-    def record(self):
+    def record(self) -> dict[str, Any]:
         elapsed = self.clock() - self.started
         return {"phase": self.name, "done": self.done, "total": self.total,
                 "rate": self.done / elapsed if elapsed > 0 else 0.0, "elapsed": round(elapsed, 3),
                 "pid": os.getpid(), "seq": self.writes, "time": time.time()}
 
-    def waiting(self, seconds):
+    def waiting(self, seconds: float) -> None:
         """Record that this run has waited `seconds` so far for an earlier run of the step
         (the first call, then at most once per interval)."""
         if self.writes and self.clock() - self.last_write < self.interval:
@@ -131,15 +138,15 @@ class Progress:
         self._write()
         self.name = None
 
-    def waited(self, seconds):
+    def waited(self, seconds: float) -> None:
         """Note the time spent waiting for an earlier run of the step (in the summary)."""
         self.phases.append({"phase": "wait", "bytes": 0, "seconds": round(seconds, 3)})
 
-    def summary(self):
+    def summary(self) -> list[dict[str, Any]]:
         self._end_phase()
         return list(self.phases)
 
-    def close(self):
+    def close(self) -> None:
         """Write the last record. The file stays: the reader takes the records it has not shown
         yet (a short step can end between two looks) and then removes it."""
         self._end_phase()
@@ -166,7 +173,7 @@ class Progress:
             self.path = None  # progress is advice: a full or read-only disk must not fail the work
 
 
-def parse_records(text):
+def parse_records(text: str) -> list[dict[str, Any]]:
     """The complete records in the text of a progress file (an incomplete last line is skipped)."""
     records = []
     for line in text.splitlines():
@@ -179,7 +186,7 @@ def parse_records(text):
     return records
 
 
-def newer(records, last):
+def newer(records: Iterable[Mapping[str, Any]], last: tuple[Any, Any] | None) -> list[Mapping[str, Any]]:
     """The records after `last` ((pid, seq) of the last one shown, or None), oldest first.
 
     A record from another pid (a new run replaced the file) counts as newer."""
@@ -192,13 +199,13 @@ def newer(records, last):
     return out
 
 
-def midway(record):
+def midway(record: Mapping[str, Any]) -> bool:
     """Whether the record is from the middle of a phase (some bytes done, not all)."""
     total = record.get("total")
     return record.get("phase") != "wait" and bool(total) and 0 < record.get("done", 0) < total
 
 
-def worth_showing(record, previous):
+def worth_showing(record: Mapping[str, Any], previous: Mapping[str, Any] | None) -> bool:
     """False for a record that says nothing new: the same phase and bytes as the one before
     (a phase's closing record after its last read, a wait between two reads)."""
     if previous is None or record.get("phase") == "wait":
