@@ -219,7 +219,7 @@ def _reuse_large_buffers():
     del block
 
 
-def inspect_datadir(path, depth="full", auto_recovery=True, lz4="auto"):
+def inspect_datadir(path: str, depth: str = "full", auto_recovery: bool = True, lz4: str = "auto") -> dict:
     """Everything dqlite_info reports about one data directory (see the module's RETURN).
 
     lz4 picks what checks snapshot contents (dqlite_format.lz4_engine: auto, library, tool,
@@ -227,8 +227,8 @@ def inspect_datadir(path, depth="full", auto_recovery=True, lz4="auto"):
     full = depth == "full"
     lz4_engine = fmt.lz4_engine(lz4)
     _reuse_large_buffers()
-    problems = []
-    result = {"path": path, "depth": depth, "lz4_engine": lz4_engine if full else None,
+    problems: list = []
+    result: dict = {"path": path, "depth": depth, "lz4_engine": lz4_engine if full else None,
               "exists": os.path.isdir(path), "problems": problems}
     if not result["exists"]:
         problems.append(_problem(ERROR, path, "data directory does not exist", "start as a new empty node",
@@ -334,7 +334,7 @@ def _after_repair(result):
             "last_entry_sha256": last[2], "repairs": [a for a in actions if "write" not in a]}
 
 
-def address_is_local(address):
+def address_is_local(address: str | None) -> bool | None:
     """Whether this host holds the host part of a dqlite address ("ip:port", "[ip6]:port" or
     "name:port"): True, False, or None when it cannot tell (no address, a name that does not
     resolve, an unexpected error). go-dqlite binds that address at start (TLS or not), so a
@@ -688,7 +688,8 @@ def _closed_error(seg):
     return None
 
 
-def predict_start(metadata, snapshots, segments, auto_recovery=True, app_refusal=None):
+def predict_start(metadata: dict, snapshots: list, segments: list, auto_recovery: bool = True,
+                  app_refusal: str | None = None) -> dict:
     """Replay what raft does to this directory at start (uvMetadataLoad, UvList and
     uvLoadSnapshotAndEntries of raft 0.14 to 0.18, the same code): which files it removes,
     truncates, closes or renames to corrupt-*, whether it starts, and the last index it keeps.
@@ -698,7 +699,7 @@ def predict_start(metadata, snapshots, segments, auto_recovery=True, app_refusal
     pass sees a changed directory. A short read (I/O error) is never retried: seen here,
     dqlite-demo then dies without a useful message.
     """
-    pred = {"starts": False, "outcome": "refuses", "reason": None, "first_failure": None, "last_index": None,
+    pred: dict = {"starts": False, "outcome": "refuses", "reason": None, "first_failure": None, "last_index": None,
             "attempts": 0, "removed": [], "renamed_to_corrupt": [], "truncated": {}, "closed_as": {}}
     if app_refusal:
         pred["reason"] = app_refusal

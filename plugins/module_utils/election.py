@@ -16,6 +16,11 @@ Nothing here touches a host.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 import hashlib
 import json
 
@@ -184,8 +189,9 @@ def _loss_if_chosen(host, members, chosen):
     return "choosing it would lose the winner's entries after its last one (an older term: %s)" % fmt_pos(pos)
 
 
-def make_plan(engine: str, members: dict, lost=(), winner=None, addresses=None, hosts=None, max_voters=3,
-              allow_repairs=True, accept_loss=False) -> dict:
+def make_plan(engine: str, members: dict, lost: Iterable = (), winner: str | None = None,
+              addresses: dict | None = None, hosts: dict | None = None, max_voters: int = 3,
+              allow_repairs: bool = True, accept_loss: bool = False) -> dict:
     """Plan a recovery. members: {host: summary}; lost: declared lost members (inventory names,
     addresses, IDs or names); winner: an operator override; addresses: {host: new address};
     hosts: {host: configured address}; allow_repairs=False on the pass after the repairs (a

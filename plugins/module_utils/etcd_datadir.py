@@ -70,11 +70,11 @@ def _listdir(path):
         return None
 
 
-def inspect_datadir(path, depth="full"):
+def inspect_datadir(path: str, depth: str = "full") -> dict:
     """Everything etcd_info reports about one data directory (see the module's RETURN)."""
     full = depth == "full"
-    problems = []
-    result = {"path": path, "depth": depth, "exists": os.path.isdir(path), "problems": problems,
+    problems: list = []
+    result: dict = {"path": path, "depth": depth, "exists": os.path.isdir(path), "problems": problems,
               "crc32c": fmt.CRC32C_IMPLEMENTATION, "member_id": None, "cluster_id": None}
     wal_dir, snap_dir = os.path.join(path, "member", "wal"), os.path.join(path, "member", "snap")
     wal_names, snap_names = _listdir(wal_dir), _listdir(snap_dir) or []
@@ -139,10 +139,10 @@ def _finish(result, db, problems, path):
     result["summary"] = summary(result)
 
 
-def predict_start(problems):
+def predict_start(problems: list) -> dict:
     """What etcd does when started on the directory: the first problem, in etcd's start-up order,
     that stops it (or bootstraps a new member), and the files it changes on the way there."""
-    changes = []
+    changes: list = []
     for _stage, _seq, problem in sorted((p["stage"], i, p) for i, p in enumerate(problems)):
         if problem["etcd_start"] != STARTS:
             return {"starts": False, "outcome": problem["etcd_start"], "error": problem["etcd_error"],

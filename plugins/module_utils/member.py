@@ -13,6 +13,11 @@ engine's inspector only decodes its files and says what its engine would do with
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 import os
 
 from ansible_collections.quorum.recovery.plugins.module_utils import proc_holders
@@ -32,7 +37,7 @@ def problem(engine: str, severity: str, file: str | None, message: str, would: s
     return found
 
 
-def repair_of(found: dict):
+def repair_of(found: dict) -> dict | bool | None:
     """The reviewed local step that fixes a problem: dqlite's `action` (quarantine, truncate,
     write) or True for what etcd repairs itself at start (`repairable`); None when only a
     rebuild from another member helps."""
@@ -66,8 +71,10 @@ def running(path: str, subdirs: tuple = ("",), locks: tuple = ()) -> dict:
     return proc_holders.holder(proc_holders.file_ids(path, names), locks=locks)
 
 
-def summary(engine: str, facts: dict, *, member_id=None, cluster_key=None, address=None, address_source=None,
-            voters=None, current_term=None, commit=None, tie_break=(), terms=None, after_repair=None) -> dict:
+def summary(engine: str, facts: dict, *, member_id: int | str | None = None, cluster_key: str | None = None,
+            address: str | None = None, address_source: str | None = None, voters: list | None = None,
+            current_term: int | None = None, commit: int | None = None, tie_break: Iterable = (),
+            terms: list | None = None, after_repair: dict | None = None) -> dict:
     """The engine-neutral summary of one member (see the modules' RETURN, `summary`).
 
     facts is the inspector's own result (path, exists, log, problems, verdict, running);
