@@ -21,7 +21,7 @@ description:
     without running the tool, because the directory is not what the plan was made from.
     Running it twice, or on two members, forks the log for good (lxd#13524).
   - Then makes the go-dqlite app's own files agree with the new membership (written here, in
-    Python, as the app writes them): C(cluster.yaml) lists the new membership, and C(info.yaml)
+    Python, as the app writes them) - C(cluster.yaml) lists the new membership, and C(info.yaml)
     this member's entry in it (its address changes when the plan gives it a new one).
   - Returns the raft files the other members get from this one (RV(raft_files)), so no caller
     picks files by name.

@@ -13,9 +13,9 @@ version_added: 0.1.0
 description:
   - One election for every engine. Elects the most advanced usable member by the term of its
     last log entry, then its last index (Raft's own rule; never by the current term a member
-    raised while campaigning alone, file names or times), then the engine's tie-break (etcd:
+    raised while campaigning alone, file names or times), then the engine's tie-break (etcd -
     applied index, then db revision), computes the new membership (declared lost members
-    removed, changed addresses applied; dqlite: an odd number of voters), gives every host its
+    removed, changed addresses applied; dqlite - an odd number of voters), gives every host its
     part (winner or restore, repairs, new address, role, actions), says what choosing each other
     member would lose, and explains why.
   - A member whose damage has a reviewed local repair is planned as it will read after the
