@@ -26,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_format as fmt
 from ansible_collections.quorum.recovery.plugins.module_utils import member
-from ansible_collections.quorum.recovery.plugins.module_utils.member import (  # noqa: F401 (re-exported)
-    ERROR, HEALTHY, INFO, REPAIRABLE, UNUSABLE, WARNING, verdict)
+from ansible_collections.quorum.recovery.plugins.module_utils.member import (  # noqa: F401 pylint: disable=unused-import
+    ERROR, HEALTHY, INFO, REPAIRABLE, UNUSABLE, WARNING, verdict)  # the statuses, re-exported for the modules
 
 BOOTSTRAP_ID = 0x2DC171858C3155BE  # go-dqlite's ID of the node that bootstraps a cluster
 NODE_LOCAL_FILES = ("info.yaml", "cluster.crt", "cluster.key", "localnode.yaml", "failure-domain",
@@ -229,7 +229,7 @@ def inspect_datadir(path: str, depth: str = "full", auto_recovery: bool = True, 
     _reuse_large_buffers()
     problems: list = []
     result: dict = {"path": path, "depth": depth, "lz4_engine": lz4_engine if full else None,
-              "exists": os.path.isdir(path), "problems": problems}
+                    "exists": os.path.isdir(path), "problems": problems}
     if not result["exists"]:
         problems.append(_problem(ERROR, path, "data directory does not exist", "start as a new empty node",
                                  "everything this member held", "rebuild this member from the winner"))
@@ -663,7 +663,6 @@ def _membership(result, newest, problems):
     return membership
 
 
-
 def is_running(path: str) -> dict:
     """Whether any process holds a file of the directory open (dqlite keeps its segments open),
     or a lock on dqlite-lock (dqlite >= 1.16.5). Read-only: /proc only."""
@@ -700,7 +699,7 @@ def predict_start(metadata: dict, snapshots: list, segments: list, auto_recovery
     dqlite-demo then dies without a useful message.
     """
     pred: dict = {"starts": False, "outcome": "refuses", "reason": None, "first_failure": None, "last_index": None,
-            "attempts": 0, "removed": [], "renamed_to_corrupt": [], "truncated": {}, "closed_as": {}}
+                  "attempts": 0, "removed": [], "renamed_to_corrupt": [], "truncated": {}, "closed_as": {}}
     if app_refusal:
         pred["reason"] = app_refusal
         return pred

@@ -86,8 +86,8 @@ def node_yaml(nodes: list) -> str:
     them: Address, ID, Role (the app's numbers)."""
     def block(node, lead):
         pad = " " * len(lead)
-        return "%sAddress: %s\n%sID: %d\n%sRole: %d\n" % (lead, node["address"], pad, int(node["id"]), pad,
-                                                           APP_ROLE_NUMBERS[node["role"]])
+        return "%sAddress: %s\n%sID: %d\n%sRole: %d\n" % (
+            lead, node["address"], pad, int(node["id"]), pad, APP_ROLE_NUMBERS[node["role"]])
     return "".join(block(n, "- ") for n in nodes)
 
 

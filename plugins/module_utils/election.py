@@ -206,9 +206,9 @@ def make_plan(engine: str, members: dict, lost: Iterable = (), winner: str | Non
     for host in sorted(members):
         ids[host], current[host] = _identity(host, members[host], hosts)
         if members[host].get("exists") and ids[host] is None:
+            source = members[host].get("address_source") or "identity file"
             reasons.append("%s: its member ID is unknown (no %s, and its address %s is not among its voters); "
-                           "restore it or declare the member lost" % (host, members[host].get("address_source")
-                                                                       or "identity file", current[host]))
+                           "restore it or declare the member lost" % (host, source, current[host]))
     reasons += _address_reasons(members, current, hosts, addresses)
     groups = _clusters({h: s for h, s in members.items() if s.get("exists")}, ids)
     if len(groups) > 1:

@@ -37,8 +37,8 @@ import os
 from ansible_collections.quorum.recovery.plugins.module_utils import bbolt_format as bolt
 from ansible_collections.quorum.recovery.plugins.module_utils import etcd_format as fmt
 from ansible_collections.quorum.recovery.plugins.module_utils import member
-from ansible_collections.quorum.recovery.plugins.module_utils.member import (  # noqa: F401 (re-exported)
-    ERROR, HEALTHY, INFO, REPAIRABLE, UNUSABLE, WARNING, verdict)
+from ansible_collections.quorum.recovery.plugins.module_utils.member import (  # noqa: F401 pylint: disable=unused-import
+    ERROR, HEALTHY, INFO, REPAIRABLE, UNUSABLE, WARNING, verdict)  # the statuses, re-exported for the modules
 REBUILD = "rebuild this member from the winner (restore the winner's snapshot here)"
 # what etcd does at start: goes on (possibly after changing files), refuses (a fatal log line,
 # exit 1), panics (a Go panic or a memory fault, exit 2), or bootstraps a brand-new member
@@ -75,7 +75,7 @@ def inspect_datadir(path: str, depth: str = "full") -> dict:
     full = depth == "full"
     problems: list = []
     result: dict = {"path": path, "depth": depth, "exists": os.path.isdir(path), "problems": problems,
-              "crc32c": fmt.CRC32C_IMPLEMENTATION, "member_id": None, "cluster_id": None}
+                    "crc32c": fmt.CRC32C_IMPLEMENTATION, "member_id": None, "cluster_id": None}
     wal_dir, snap_dir = os.path.join(path, "member", "wal"), os.path.join(path, "member", "snap")
     wal_names, snap_names = _listdir(wal_dir), _listdir(snap_dir) or []
     wals = sorted((int(m.group(1), 16), int(m.group(2), 16), m.group(0))

@@ -18,6 +18,7 @@ class dp:  # the dqlite engine's plan, as the role asks for it
     PlanRefused = election.PlanRefused
     make_plan = functools.partial(election.make_plan, "dqlite")
 
+
 IDS = {"h1": 101, "h2": 102, "h3": 103, "h4": 104, "h5": 105}
 
 
@@ -265,7 +266,7 @@ def test_parting_index(a, b, expected):
 
 
 def etcd(host, last_term, last_index, current_term, commit=0, cluster="c1", verdict="healthy", applied=0, rev=0):
-    voters = [{"id": "%x" % IDS[h], "name": h, "address": "http://%s:2380" % addr(h).split(":")[0], "role": "voter"}
+    voters = [{"id": "%x" % IDS[h], "name": h, "address": "http://%s:2380" % addr(h).split(":", maxsplit=1)[0], "role": "voter"}
               for h in ("h1", "h2", "h3")]
     return {"engine": "etcd", "exists": True, "verdict": verdict, "member_id": "%x" % IDS[host],
             "cluster_key": cluster, "address": voters[int(host[1]) - 1]["address"], "address_source": "membership",
