@@ -19,9 +19,9 @@ description:
   - Every problem names the file, the index range, what dqlite itself would do at start, what
     data would be lost, and the remedy.
   - Strictly read-only. M(quorum.recovery.dqlite_repair) carries out the repair actions it proposes.
-  - On a member where dqlite is stopped, waits while M(quorum.recovery.dqlite_restore) works on
-    O(path) (a restore left working by an interrupted playbook holds a lock on the folder), so it
-    never reads a directory half restored.
+  - On a member where dqlite is stopped, waits while M(quorum.recovery.dqlite_restore) or
+    M(quorum.recovery.dqlite_repair) works on O(path) (one left working by an interrupted playbook
+    holds a lock on the folder), so it never reads a directory half restored or half repaired.
 author:
   - quorum.recovery maintainers (@quorum-recovery)
 extends_documentation_fragment:
