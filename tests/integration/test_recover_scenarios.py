@@ -8,6 +8,7 @@ members are gone from the membership.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import re
 import pytest
 
 from conftest import Lab, run_ansible
+from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_format
 
 PLAYBOOK = "playbooks/recover.yml"
 
@@ -237,3 +239,61 @@ def test_member_whose_address_changed(fresh_lab):
     again = _recover(lab, addresses)
     assert "nothing to do" in again.stdout and re.search(r"changed=0 ", again.stdout), again.stdout[-2000:]
     assert not re.search(r"changed=[1-9]", again.stdout), again.stdout[-2000:]
+
+
+def _tear_last_batch(lab, host):
+    """Cut the newest open segment inside its last batch, as a power cut mid-write does."""
+    directory = host.real_path(host.dqlite_data_dir)
+    opened = sorted((n for n in os.listdir(directory) if n.startswith("open-")
+                     and dqlite_format.parse_segment((directory / n).read_bytes(), full=False, closed=False)["batches"]),
+                    key=lambda n: int(n.split("-")[1]))
+    name = opened[-1]
+    parsed = dqlite_format.parse_segment((directory / name).read_bytes(), full=False, closed=False)
+    last = parsed["batches"][-1]["offset"]
+    lab.corrupt(host, "%s/%s" % (host.dqlite_data_dir, name), truncate=last + 20)
+    return name
+
+
+def _tree(lab):
+    """Every file next to and under each member's data directory: name -> (sha256, size, mtime)."""
+    out = {}
+    for host in lab.hosts():
+        parent = host.real_path(os.path.dirname(host.dqlite_data_dir))
+        for root, _dirs, files in os.walk(parent):
+            for name in files:
+                path = os.path.join(root, name)
+                with open(path, "rb") as handle:
+                    out[(host.name, os.path.relpath(path, parent))] = (
+                        hashlib.sha256(handle.read()).hexdigest(), os.path.getsize(path), os.stat(path).st_mtime_ns)
+        out[(host.name, "state")] = os.path.exists(host.real_path("/var/backups/quorum-recovery"))
+    return out
+
+
+def test_a_refused_override_changes_nothing_even_when_the_winner_needs_a_repair(fresh_lab):
+    """recover_winner naming a member behind the others is refused by the ONE plan, before any
+    change: no journal, no archive, no repair (the most advanced members need one), in --check and
+    in a real run alike. Then, without the override, exactly one member (the winner) is repaired."""
+    lab = fresh_lab
+    hosts = lab.up(3, keys=1000)
+    h1, h2, h3 = hosts
+    lab.partition(h3)  # h3 falls behind
+    lab._wait(lambda: lab.dqlite_leader(h1) not in ("", h3.dqlite_address), 60, "a leader on the majority side")
+    lab.churn(h1, "dqlite", 300, 64, prefix="acked")
+    lab.power_off("dqlite")  # every member, SIGKILL: the newest entries stay in open segments
+    lab.heal(h3)
+    torn = {h.name: _tear_last_batch(lab, h) for h in (h1, h2)}
+    before = _tree(lab)
+    for check in (True, False):
+        args = [PLAYBOOK, "-e", "recover_winner=h3"] + (["--check"] if check else ["-e", "recover_confirm=yes"])
+        proc = run_ansible("ansible-playbook", *args, inventory=lab.inventory_path, check=False)
+        assert proc.returncode != 0, proc.stdout[-3000:]
+        assert "recover_winner=h3 is at term" in proc.stdout and "behind" in proc.stdout, proc.stdout[-3000:]
+        assert _tree(lab) == before, "a refused override changed files (check=%s)" % check
+    proc = _recover(lab)
+    winner = _plan_winner(proc.stdout)
+    assert winner in ("h1", "h2")
+    for host in (h1, h2):
+        quarantine = host.real_path(host.dqlite_data_dir + ".quarantine")
+        assert os.path.exists(quarantine) == (host.name == winner), (host.name, winner)
+    _assert_recovered(lab, hosts, {"key": (1000, 32), "acked": (300, 64)}, voters=3)
+    assert torn  # the torn segments were real open segments of h1 and h2
