@@ -119,6 +119,9 @@ BAD_INPUTS = [
      "argument 'recover_accept_loss' is of type str and we were unable to convert to bool: The value 'maybe'"),
     ("reach-timeout-not-a-number", dict(CONFIRM, recover_reach_timeout="soon"),
      "argument 'recover_reach_timeout' is of type str and we were unable to convert to int: \"'soon'\""),
+    # the flavors a recovery can use, in one message (not a second one about LXD)
+    ("unknown-flavor-one-message", dict(CONFIRM, recover_flavor="microk9s"),
+     "recover_flavor=microk9s: unknown flavor; choose one of go-dqlite-app, microk8s, k8s-snap, microcluster"),
 ]
 
 
@@ -155,6 +158,14 @@ def test_bad_input_is_refused_by_name_and_nothing_changes(lab, tmp_path, extra, 
         for part in message if isinstance(message, tuple) else (message,):
             assert part in output, (part, output[-3000:])
         _assert_nothing_changed(lab, baseline, controller, extra)
+
+
+def test_unknown_flavor_gets_one_message(lab, tmp_path):
+    """Not a second one saying the (unknown) flavor is inspect-only, as if it were LXD."""
+    proc = _recover(lab, tmp_path / "controller", dict(CONFIRM, recover_flavor="microk9s"), "--check")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    assert "unknown flavor" in output and "inspect-only" not in output and "LXD" not in output, output[-3000:]
 
 
 # Host variables, as in host_vars/: (id, host vars, extra vars, what the message must contain).
