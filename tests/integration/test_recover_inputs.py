@@ -122,6 +122,15 @@ BAD_INPUTS = [
     # the flavors a recovery can use, in one message (not a second one about LXD)
     ("unknown-flavor-one-message", dict(CONFIRM, recover_flavor="microk9s"),
      "recover_flavor=microk9s: unknown flavor; choose one of go-dqlite-app, microk8s, k8s-snap, microcluster"),
+    # the flavor's tools, looked for on every member before the stop: microk8s's shell and TLS
+    # files are not in the lab
+    ("flavor-tools-missing", dict(CONFIRM, recover_flavor="microk8s"),
+     "h1: the dqlite shell /snap/microk8s/current/bin/dqlite is not an executable file (the shell of "
+     "recover_flavor=microk8s): install it, or set recover_shell"),
+    ("tls-files-missing", dict(CONFIRM, recover_flavor="microk8s", recover_shell=["dqlite"]),
+     ("h1: /var/snap/microk8s/current/var/kubernetes/backend/", "/cluster.crt and /var/snap/microk8s/",
+      "/cluster.key missing or unreadable: recover_flavor=microk8s reaches dqlite over TLS with the cluster.crt and "
+      "cluster.key of the data directory; set recover_data_dir")),
 ]
 
 
@@ -174,6 +183,11 @@ BAD_HOST_INPUTS = [
      "unknown variable recover_data_dri, did you mean recover_data_dir? (set for h3)"),
     ("host-shell-a-string", {"h2": {"recover_shell": "dqlite"}}, CONFIRM,
      ("recover_shell=\"dqlite\" is a string, not a list of strings", "(set for h2)")),
+    ("host-without-the-shell", {"h2": {"recover_shell": ["/usr/local/bin/no-dqlite-here"]}}, CONFIRM,
+     "h2: the dqlite shell /usr/local/bin/no-dqlite-here is not an executable file (recover_shell): install it, "
+     "or set recover_shell"),
+    ("host-shell-not-on-path", {"h3": {"recover_shell": ["no-dqlite-here", "-f", "json"]}}, CONFIRM,
+     "h3: the dqlite shell no-dqlite-here is not on the PATH (recover_shell)"),
 ]
 
 
@@ -188,6 +202,22 @@ def test_bad_host_input_is_refused_by_host_and_name_and_nothing_changes(lab, tmp
         for part in message if isinstance(message, tuple) else (message,):
             assert part in output, (part, output[-3000:])
         _assert_nothing_changed(lab, baseline, controller, host_vars)
+
+
+def test_inspect_shows_a_member_without_the_shell_and_goes_on(lab, tmp_path):
+    """inspect.yml reports what a recovery would stop on, and still shows every member and the plan."""
+    controller = tmp_path / "controller"
+    with _frozen(lab) as baseline:
+        proc = _recover(lab, controller, {}, *_host_vars(tmp_path / "host_vars.json",
+                                                         {"h2": {"recover_shell": ["/usr/local/bin/no-dqlite-here"]}}),
+                        playbook="playbooks/inspect.yml")
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0, output[-4000:]
+        assert ("h2: the dqlite shell /usr/local/bin/no-dqlite-here is not an executable file (recover_shell)"
+                in output and "a recovery would stop here, before changing anything" in output), output[-4000:]
+        assert "h1: the dqlite shell" not in output and "h3: the dqlite shell" not in output, output[-4000:]
+        assert "winner: " in output, output[-4000:]
+        _assert_nothing_changed(lab, baseline, controller, "inspect")
 
 
 def test_unreachable_member_not_declared_lost_is_refused(lab, tmp_path):
