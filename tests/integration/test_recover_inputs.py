@@ -57,15 +57,22 @@ def _no_state(lab, controller):
     assert not controller.exists(), sorted(os.listdir(controller))
 
 
-def _recover(lab, controller, extra: dict, *args):
+def _recover(lab, controller, extra: dict, *args, playbook="playbooks/recover.yml"):
     extra = dict(extra, recover_controller_dir=str(controller))
-    return run_ansible("ansible-playbook", "playbooks/recover.yml", "-e", json.dumps(extra), *args,
+    return run_ansible("ansible-playbook", playbook, "-e", json.dumps(extra), *args,
                        inventory=lab.inventory_path, check=False)
+
+
+def _host_vars(path, host_vars: dict) -> list[str]:
+    """A second inventory source adding host variables, as an operator's host_vars would: the
+    ansible-playbook arguments that add it."""
+    path.write_text(json.dumps({"all": {"hosts": host_vars}}))
+    return ["-i", str(path)]
 
 
 CONFIRM = {"recover_confirm": "yes"}
 BAD_INPUTS = [
-    # (id, extra vars, what the message must contain)
+    # (id, extra vars, what the message must contain: a string, or a tuple of strings)
     ("unknown-flavor", dict(CONFIRM, recover_flavor="nope"), "recover_flavor=nope"),
     ("lxd-is-inspect-only", dict(CONFIRM, recover_flavor="lxd"), "recover_flavor=lxd"),
     ("engine-etcd", dict(CONFIRM, recover_engine="etcd"), "recover_engine=etcd"),
@@ -89,6 +96,41 @@ BAD_INPUTS = [
     ("confirm-not-yes", {"recover_confirm": "maybe"}, "recover_confirm"),
     ("declared-lost-but-reachable", dict(CONFIRM, recover_lost=["h3"]), "recover_lost"),
     ("group-does-not-exist", dict(CONFIRM, recover_group="nosuchgroup"), "recover_group=nosuchgroup"),
+    # a misspelt input is not ignored
+    ("misspelt-winner", dict(CONFIRM, recover_winer="h2"), "unknown variable recover_winer, did you mean recover_winner?"),
+    ("misspelt-lost", dict(CONFIRM, recover_lots=["h3"]), "unknown variable recover_lots, did you mean recover_lost?"),
+    # a string where a list or a dict is expected (-e NAME=VALUE gives strings): argument_spec
+    # validation passes it, and the role failed late, after the stop
+    ("shell-a-string", dict(CONFIRM, recover_shell="dqlite"),
+     "recover_shell=\"dqlite\" is a string, not a list of strings: give it as JSON, "
+     "e.g. -e '{\"recover_shell\": [\"dqlite\"]}'"),
+    ("shell-a-command-line", dict(CONFIRM, recover_shell="dqlite -s x"),
+     'recover_shell="dqlite -s x" is a string, not a list of strings'),
+    ("lost-a-string", dict(CONFIRM, recover_lost="h3"), 'recover_lost="h3" is a string, not a list of strings'),
+    ("services-a-string", dict(CONFIRM, recover_services="dqlite"),
+     'recover_services="dqlite" is a string, not a list of strings'),
+    ("addresses-a-string", dict(CONFIRM, recover_addresses="h2=10.0.0.7:9001"),
+     'recover_addresses="h2=10.0.0.7:9001" is a string, not a dict'),
+    ("winner-a-list", dict(CONFIRM, recover_winner=["h2"]), 'recover_winner=["h2"] is a list, not a string'),
+    # what argument_spec validation refuses itself (it cannot convert them), by name, value and type
+    ("service-commands-a-list", dict(CONFIRM, recover_service_commands=["start", "stop", "status"]),
+     "argument 'recover_service_commands' is of type list and we were unable to convert to dict"),
+    ("accept-loss-not-a-boolean", dict(CONFIRM, recover_accept_loss="maybe"),
+     "argument 'recover_accept_loss' is of type str and we were unable to convert to bool: The value 'maybe'"),
+    ("reach-timeout-not-a-number", dict(CONFIRM, recover_reach_timeout="soon"),
+     "argument 'recover_reach_timeout' is of type str and we were unable to convert to int: \"'soon'\""),
+    # the flavors a recovery can use, in one message (not a second one about LXD)
+    ("unknown-flavor-one-message", dict(CONFIRM, recover_flavor="microk9s"),
+     "recover_flavor=microk9s: unknown flavor; choose one of go-dqlite-app, microk8s, k8s-snap, microcluster"),
+    # the flavor's tools, looked for on every member before the stop: microk8s's shell and TLS
+    # files are not in the lab
+    ("flavor-tools-missing", dict(CONFIRM, recover_flavor="microk8s"),
+     "h1: the dqlite shell /snap/microk8s/current/bin/dqlite is not an executable file (the shell of "
+     "recover_flavor=microk8s): install it, or set recover_shell"),
+    ("tls-files-missing", dict(CONFIRM, recover_flavor="microk8s", recover_shell=["dqlite"]),
+     ("h1: /var/snap/microk8s/current/var/kubernetes/backend/", "/cluster.crt and /var/snap/microk8s/",
+      "/cluster.key missing or unreadable: recover_flavor=microk8s reaches dqlite over TLS with the cluster.crt and "
+      "cluster.key of the data directory; set recover_data_dir")),
 ]
 
 
@@ -122,8 +164,60 @@ def test_bad_input_is_refused_by_name_and_nothing_changes(lab, tmp_path, extra, 
         proc = _recover(lab, controller, extra)
         output = proc.stdout + proc.stderr
         assert proc.returncode != 0, output[-3000:]
-        assert message in output, (message, output[-3000:])
+        for part in message if isinstance(message, tuple) else (message,):
+            assert part in output, (part, output[-3000:])
         _assert_nothing_changed(lab, baseline, controller, extra)
+
+
+def test_unknown_flavor_gets_one_message(lab, tmp_path):
+    """Not a second one saying the (unknown) flavor is inspect-only, as if it were LXD."""
+    proc = _recover(lab, tmp_path / "controller", dict(CONFIRM, recover_flavor="microk9s"), "--check")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    assert "unknown flavor" in output and "inspect-only" not in output and "LXD" not in output, output[-3000:]
+
+
+# Host variables, as in host_vars/: (id, host vars, extra vars, what the message must contain).
+BAD_HOST_INPUTS = [
+    ("misspelt-host-var", {"h3": {"recover_data_dri": "/var/lib/x"}}, CONFIRM,
+     "unknown variable recover_data_dri, did you mean recover_data_dir? (set for h3)"),
+    ("host-shell-a-string", {"h2": {"recover_shell": "dqlite"}}, CONFIRM,
+     ("recover_shell=\"dqlite\" is a string, not a list of strings", "(set for h2)")),
+    ("host-without-the-shell", {"h2": {"recover_shell": ["/usr/local/bin/no-dqlite-here"]}}, CONFIRM,
+     "h2: the dqlite shell /usr/local/bin/no-dqlite-here is not an executable file (recover_shell): install it, "
+     "or set recover_shell"),
+    ("host-shell-not-on-path", {"h3": {"recover_shell": ["no-dqlite-here", "-f", "json"]}}, CONFIRM,
+     "h3: the dqlite shell no-dqlite-here is not on the PATH (recover_shell)"),
+]
+
+
+@pytest.mark.parametrize("host_vars,extra,message", [b[1:] for b in BAD_HOST_INPUTS],
+                         ids=[b[0] for b in BAD_HOST_INPUTS])
+def test_bad_host_input_is_refused_by_host_and_name_and_nothing_changes(lab, tmp_path, host_vars, extra, message):
+    controller = tmp_path / "controller"
+    with _frozen(lab) as baseline:
+        proc = _recover(lab, controller, extra, *_host_vars(tmp_path / "host_vars.json", host_vars))
+        output = proc.stdout + proc.stderr
+        assert proc.returncode != 0, output[-3000:]
+        for part in message if isinstance(message, tuple) else (message,):
+            assert part in output, (part, output[-3000:])
+        _assert_nothing_changed(lab, baseline, controller, host_vars)
+
+
+def test_inspect_shows_a_member_without_the_shell_and_goes_on(lab, tmp_path):
+    """inspect.yml reports what a recovery would stop on, and still shows every member and the plan."""
+    controller = tmp_path / "controller"
+    with _frozen(lab) as baseline:
+        proc = _recover(lab, controller, {}, *_host_vars(tmp_path / "host_vars.json",
+                                                         {"h2": {"recover_shell": ["/usr/local/bin/no-dqlite-here"]}}),
+                        playbook="playbooks/inspect.yml")
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0, output[-4000:]
+        assert ("h2: the dqlite shell /usr/local/bin/no-dqlite-here is not an executable file (recover_shell)"
+                in output and "a recovery would stop here, before changing anything" in output), output[-4000:]
+        assert "h1: the dqlite shell" not in output and "h3: the dqlite shell" not in output, output[-4000:]
+        assert "winner: " in output, output[-4000:]
+        _assert_nothing_changed(lab, baseline, controller, "inspect")
 
 
 def test_unreachable_member_not_declared_lost_is_refused(lab, tmp_path):
