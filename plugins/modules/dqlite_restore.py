@@ -49,7 +49,10 @@ options:
     type: str
     required: true
   node_local:
-    description: File names that belong to this node and are kept (C(info.yaml); for k8s-snap also the TLS pair).
+    description:
+      - File names that belong to this node and are kept (C(info.yaml); for k8s-snap also the TLS pair).
+      - The member's own C(metadata1) and C(metadata2) (its term and vote) are always kept when they
+        are sound, whatever this says.
     type: list
     elements: str
     default: [info.yaml]
@@ -124,6 +127,7 @@ import shutil
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_datadir
+from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_format
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_plan
 from ansible_collections.quorum.recovery.plugins.module_utils import progress as prog
 
@@ -159,6 +163,25 @@ def _remove_stale_incoming(path):
     for name in sorted(os.listdir(folder)):
         if pattern.match(name) and os.path.isdir(os.path.join(folder, name)):
             shutil.rmtree(os.path.join(folder, name))
+
+
+def _own_metadata(path):
+    """The member's metadata1/metadata2 (its own term and vote), kept like node-local files when
+    they are sound: raft must never forget a term or a vote, and the go-dqlite app bootstraps a
+    node with the bootstrap ID that has none (seen here: a restored first node refused to start,
+    raft_bootstrap() failing on the log it was given). Unsound ones go aside with the rest."""
+    versions = {}
+    for name in ("metadata1", "metadata2"):
+        try:
+            with open(os.path.join(path, name), "rb") as handle:
+                versions[name] = dqlite_format.parse_metadata(handle.read())["version"]
+        except FileNotFoundError:
+            continue
+        except (OSError, dqlite_format.FormatError):
+            return set()
+    if len(set(versions.values())) != len(versions):
+        return set()  # both at one version: raft refuses such a pair
+    return set(versions)
 
 
 def _info_to_write(path, content):
@@ -250,7 +273,8 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    path, node_local = p["path"].rstrip("/"), set(p["node_local"])
+    path = p["path"].rstrip("/")
+    node_local = set(p["node_local"]) | _own_metadata(path)
     own = [s for s in p["membership"] if int(s["id"]) == p["member_id"]]
     if not own:
         module.fail_json(msg="member_id=%d is not in the membership %s" % (p["member_id"], p["membership"]))

@@ -299,3 +299,23 @@ def test_a_refused_override_changes_nothing_even_when_the_winner_needs_a_repair(
         assert os.path.exists(quarantine) == (host.name == winner), (host.name, winner)
     _assert_recovered(lab, hosts, {"key": (1000, 32), "acked": (300, 64)}, voters=3)
     assert torn  # the torn segments were real open segments of h1 and h2
+
+
+def test_the_first_node_lags_and_is_restored_from_another(fresh_lab):
+    """h1 holds go-dqlite's bootstrap ID: restored from another member without its own
+    metadata1/2 it bootstraps at start and dies (raft_bootstrap() fails on the log it was given).
+    The restore keeps each member's own term and vote (found by benchmarks/recover_vs_manual.py)."""
+    lab = fresh_lab
+    hosts = lab.up(3, keys=1000)
+    h1, h2, h3 = hosts
+    lab.partition(h1)  # h1 falls behind
+    lab._wait(lambda: lab.dqlite_leader(h2) not in ("", h1.dqlite_address), 60, "a leader on the majority side")
+    lab.churn(h2, "dqlite", 300, 64, prefix="acked")
+    lab.power_off("dqlite")
+    lab.heal(h1)
+    proc = _recover(lab)
+    assert _plan_winner(proc.stdout) in ("h2", "h3"), proc.stdout[-3000:]
+    _assert_recovered(lab, hosts, {"key": (1000, 32), "acked": (300, 64)}, voters=3)
+    parent = h1.real_path(os.path.dirname(h1.dqlite_data_dir))
+    aside = [n for d in os.listdir(parent) if ".replaced-" in d for n in os.listdir(os.path.join(parent, d))]
+    assert aside and "metadata1" not in aside, aside  # kept in place, not moved aside
