@@ -43,6 +43,14 @@ options:
   journal:
     description: The journal to write; needs C(recovery_id).
     type: dict
+  controller_echo:
+    description:
+      - A file on the CONTROLLER to write the journal (as the task returns it) to, atomically, folders made
+        as needed; the action plugin does it after the module ran, not in check mode.
+    type: path
+  fact:
+    description: A fact to set to the journal the task returns (saves a set_fact).
+    type: str
 """
 
 EXAMPLES = r"""
@@ -58,6 +66,8 @@ EXAMPLES = r"""
     journal:
       recovery_id: "{{ recovery_id }}"
       steps: {reconfigured: "{{ now(utc=true).isoformat() }}"}
+    controller_echo: "{{ lookup('env', 'HOME') }}/.quorum-recovery/{{ recovery_id }}/journal.json"
+    fact: journal
 """
 
 RETURN = r"""
@@ -91,6 +101,9 @@ def main():
             path=dict(type="path", required=True),
             state=dict(type="str", choices=["read", "present", "archived"], default="read"),
             journal=dict(type="dict"),
+            # handled on the controller by the action plugin, which never passes them on
+            controller_echo=dict(type="path"),
+            fact=dict(type="str"),
         ),
         required_if=[("state", "present", ["journal"])],
         supports_check_mode=True,

@@ -60,19 +60,19 @@ def test_a_recovery_shows_the_progress_of_every_long_step(lab, tmp_path):
     def summaries(lines, label):
         return {m["host"]: m["rest"] for m in map(SUMMARY.match, lines) if m and m["label"] == label}
 
-    safety = _section(out, "Wait for the safety archives")
+    safety = _section(out, "Wait for the long step, showing its progress - safety archive")
     done = summaries(safety, "safety archive")
     assert sorted(done) == sorted(hosts), safety
     assert all(re.match(r"archive [\d.]+ \w+ in [\d.]+ s \([\d.]+ \w+/s\); verify ", v) for v in done.values()), done
 
-    source = _section(out, "Wait for the winner's archive")
+    source = _section(out, "Wait for the long step, showing its progress - winner's archive")
     assert list(summaries(source, "winner's archive")) == [winner], source
     fetched = [m for m in map(MOVED.match, _section(out, "Bring the winner's archive")) if m]
     assert [(m["host"], m["verb"]) for m in fetched] == [(winner, "fetched")]
     sent = [m for m in map(MOVED.match, _section(out, "Send the winner's archive")) if m]
     assert sorted((m["host"], m["verb"]) for m in sent) == [(h, "sent") for h in sorted(others)]
 
-    restore = _section(out, "Wait for the restores")
+    restore = _section(out, "Wait for the long step, showing its progress - restore")
     done = summaries(restore, "restore")
     assert sorted(done) == sorted(others), restore
     for rest in done.values():

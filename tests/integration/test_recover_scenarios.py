@@ -243,16 +243,17 @@ def test_member_whose_address_changed(fresh_lab):
     assert not re.search(r"changed=[1-9]", again.stdout), again.stdout[-2000:]
 
 
-def _tear_last_batch(lab, host):
-    """Cut the newest open segment inside its last batch, as a power cut mid-write does."""
+def _torn_tail(lab, host):
+    """Garbage after the last complete batch of the newest open segment: a batch whose write was
+    cut by the power loss, so never acknowledged. Raft would cut it at start; the inspection
+    proposes the same cut as a repair, so the member is repairable at the same position."""
     directory = host.real_path(host.dqlite_data_dir)
     opened = sorted((n for n in os.listdir(directory) if n.startswith("open-")
                      and dqlite_format.parse_segment((directory / n).read_bytes(), full=False, closed=False)["batches"]),
                     key=lambda n: int(n.split("-")[1]))
     name = opened[-1]
-    parsed = dqlite_format.parse_segment((directory / name).read_bytes(), full=False, closed=False)
-    last = parsed["batches"][-1]["offset"]
-    lab.corrupt(host, "%s/%s" % (host.dqlite_data_dir, name), truncate=last + 20)
+    end = dqlite_format.parse_segment((directory / name).read_bytes(), full=False, closed=False)["end"]
+    lab.corrupt(host, "%s/%s" % (host.dqlite_data_dir, name), offset=end, flip=64)  # zeros -> 0xFF
     return name
 
 
@@ -283,7 +284,7 @@ def test_a_refused_override_changes_nothing_even_when_the_winner_needs_a_repair(
     lab.churn(h1, "dqlite", 300, 64, prefix="acked")
     lab.power_off("dqlite")  # every member, SIGKILL: the newest entries stay in open segments
     lab.heal(h3)
-    torn = {h.name: _tear_last_batch(lab, h) for h in (h1, h2)}
+    torn = {h.name: _torn_tail(lab, h) for h in (h1, h2)}
     before = _tree(lab)
     for check in (True, False):
         args = [PLAYBOOK, "-e", "recover_winner=h3"] + (["--check"] if check else ["-e", "recover_confirm=yes"])
