@@ -195,6 +195,31 @@ class Bench:
         return {"ok": not problems, "problems": problems, "checked": checked,
                 "roles": sorted((n["Address"], n["Role"]) for n in nodes)}
 
+    def repair(self):
+        """Untimed, after a failed run only: get the lab's cluster healthy again so the
+        configuration can go on. A member left without metadata1/2 (the playbook's restore moves
+        them aside with the other files; on the go-dqlite bootstrap node h1 the start then fails in
+        raft_bootstrap) gets its own copies back from its newest moved-aside folder; then every
+        member is started. Returns what was done; raises LabError if the cluster stays down."""
+        done = []
+        for host in self.hosts:
+            data = host.real_path(host.dqlite_data_dir)
+            if (data / "metadata1").exists() or (data / "metadata2").exists():
+                continue
+            asides = sorted((p for p in data.parent.iterdir() if p.name.startswith(data.name + ".")
+                             and p.is_dir() and ((p / "metadata1").exists() or (p / "metadata2").exists())),
+                            key=lambda p: p.stat().st_mtime)
+            if asides:
+                for name in ("metadata1", "metadata2"):
+                    if (asides[-1] / name).exists():
+                        shutil.copy2(asides[-1] / name, data / name)
+                done.append("%s: metadata1/2 back from %s" % (host.name, asides[-1].name))
+        self.lab.start_all(self.hosts, "dqlite")
+        done.append("started every member")
+        self.lab._wait(lambda: sorted(n["Address"] for n in self.nodes(self.hosts[0]))
+                       == sorted(h.dqlite_address for h in self.hosts), 120, "every member in .cluster")
+        return done
+
     def safe_verify(self, kind, prefix):
         try:
             return self.verify(kind, prefix)
@@ -344,7 +369,12 @@ class Bench:
                 continue
             d = shlex.quote(self.hv(host)["dqlite_data_dir"])
             self.scp(str(local / "raft.tar"), "root@%s:%s/raft.tar" % (host.address, backup))
-            self.ssh(host, "set -e; mkdir %s.aside-%s; find %s -maxdepth 1 -type f ! -name info.yaml -exec mv -t %s.aside-%s {} +;"
+            # the files .reconfigure's help names (snapshots, .meta, segments, open-*, cluster.yaml);
+            # info.yaml AND metadata1/2 stay: without its metadata, the go-dqlite bootstrap node
+            # (ID 3297041220608546238, h1 here) calls raft_bootstrap at start, which fails on the
+            # copied 1-1 segment ("start node: raft_bootstrap():"), seen when h1 was not chosen
+            self.ssh(host, "set -e; mkdir %s.aside-%s; cd %s; find . -maxdepth 1 -type f \\( -name 'snapshot-*' -o -name '[0-9]*-[0-9]*' -o -name 'open-*'"
+                           " -o -name cluster.yaml \\) -exec mv -t %s.aside-%s {} +;"
                            " tar -xf %s/raft.tar -C %s; ls -1 %s" % (d, run_id, d, d, run_id, backup, d, d))
         mark("copy")
         # 7. start all (each start waits for its member: started side by side, as in several terminals)
@@ -403,6 +433,14 @@ class Bench:
         log("%s: %s %.1f s, winner %s, verify %s" % (run_id, "OK" if result["ok"] else "FAILED",
                                                     result["seconds"] or -1, result.get("winner"),
                                                     "ok" if result["verify"]["ok"] else result["verify"]["problems"]))
+        if not result["ok"]:
+            try:
+                result["repair"] = self.repair()
+                result["verify_after_repair"] = self.safe_verify(kind, prefix)
+            except (LabError, subprocess.TimeoutExpired) as exc:
+                result["repair"] = ["failed: %s" % str(exc)[-1000:]]
+            log("%s: repair: %s; keys after it: %s" % (run_id, result["repair"],
+                                                     result.get("verify_after_repair", {}).get("ok")))
         if result["ok"] or not self.args.keep_failed:
             self.cleanup(run_id)
         return result
@@ -433,7 +471,7 @@ class Bench:
                     result = self.one(config, kind, i)
                     record["runs"].append(result)
                     self.save(record)
-                    if not result["ok"] and self.args.stop_on_failure:
+                    if not result["ok"] and self.args.stop_on_failure and not result.get("verify_after_repair", {}).get("ok"):
                         raise LabError("%s failed; stopping this configuration" % result["run_id"])
             if self.args.profile:
                 record["profile"] = self.profile(config)
@@ -521,7 +559,8 @@ def main(argv=None):
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
                         help="one extra profiled playbook run per configuration")
     parser.add_argument("--run-timeout", type=int, default=1800)
-    parser.add_argument("--stop-on-failure", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--stop-on-failure", action=argparse.BooleanOptionalAction, default=True,
+                        help="end a configuration at a failed run that the repair cannot bring back")
     parser.add_argument("--keep-failed", action="store_true", help="keep a failed run's backups and aside files")
     parser.add_argument("--out", default="/tmp/qrbench-%s" % time.strftime("%Y%m%dT%H%M%S"),
                         help="results (one JSON per configuration) and playbook logs")
