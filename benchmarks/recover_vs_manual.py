@@ -456,6 +456,13 @@ class Bench:
             result["profile"] = json.loads(out.read_text())
         except (OSError, ValueError):
             result["profile"] = None
+        if not result["ok"]:
+            try:
+                result["repair"] = self.repair()
+                result["verify_after_repair"] = self.safe_verify("playbook", prefix)
+            except (LabError, subprocess.TimeoutExpired) as exc:
+                result["repair"] = ["failed: %s" % str(exc)[-1000:]]
+            log("%s: repair: %s" % (run_id, result["repair"]))
         self.cleanup(run_id)
         log("%s: %s %.1f s" % (run_id, "OK" if result["ok"] else "FAILED", result["seconds"]))
         return result
@@ -475,7 +482,10 @@ class Bench:
                         raise LabError("%s failed; stopping this configuration" % result["run_id"])
             if self.args.profile:
                 record["profile"] = self.profile(config)
-            record["final_check"] = self.final_check()
+            if all(self.lab.service(h, "dqlite", "status", check=False).returncode == 0 for h in self.hosts):
+                record["final_check"] = self.final_check()
+            else:
+                record["final_check"] = {"ok": False, "skipped": "a member is not running"}
         except (LabError, subprocess.TimeoutExpired) as exc:
             record["error"] = str(exc)[-3000:]
             log("%s: %s" % (config, record["error"]))
