@@ -12,15 +12,18 @@ For each configuration (lab3: 3 members at the lab's size; lab7: 7 members; big3
      tar backup of every member's data dir, list the raft files and read info.yaml, pick the member
      whose closed segment names end highest, write cluster.yaml on it, run `.reconfigure` once
      there, tar its snapshots, .meta, closed segments and cluster.yaml, scp that to the workstation
-     and on to each other member, move their files aside (info.yaml kept), untar, start all, poll
-     `.cluster` on the chosen member until it lists every member.
+     and on to each other member, move their raft files aside (info.yaml and metadata1/2 kept:
+     without its metadata the go-dqlite bootstrap node fails in raft_bootstrap at start), untar,
+     start all, poll `.cluster` on the chosen member until it lists every member.
 
 Before every run (either kind) the cluster is broken afresh: a writer on h1 puts keys and logs
 each acknowledged one, and after --midwrite-seconds every member is powered off (SIGKILL, the
 lab's power_off). The timer covers only the recovery. After every run, untimed, the script checks
 that every acknowledged key (the lab's 1,000, the big keys, this run's acknowledged mid-write
 keys) is readable and that `.cluster` lists every member; a run that fails this counts as failed,
-not as a time. Backups and moved-aside files are deleted between runs (disk space), untimed.
+not as a time, and the cluster is repaired (a member without metadata1/2 gets its own back from
+its moved-aside folder; all started) so the configuration can go on. Backups and moved-aside files
+are deleted between runs (disk space), untimed.
 
 With --profile, one more broken cluster per configuration is recovered by the playbook with the
 bench_profile callback (benchmarks/callback_plugins): per-task wall times, host counts. Not counted
