@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Time playbooks/recover.yml against the manual dqlite recovery, on the same lab, alternately.
 
 For each configuration (lab3: 3 members at the lab's size; lab7: 7 members; big3: 3 members with
@@ -84,7 +83,7 @@ def log(msg):
 
 
 def uptime():
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
 class Bench:
@@ -144,7 +143,7 @@ class Bench:
             self.lab.power_off("dqlite")
         finally:
             writer.kill()
-            out, _ = writer.communicate(timeout=30)
+            out = writer.communicate(timeout=30)[0]
         done = [int(x) for x in out.split()]
         count = max(done) + 1 if done else 0
         if count:
@@ -242,7 +241,7 @@ class Bench:
             result = self.lab.check_keys(self.hosts[0], "dqlite", count, p, size=size)
             if not result.get("ok"):
                 bad[p] = result
-        return {"ok": not bad, "prefixes": len(self.acked), "keys": sum(c for c, _ in self.acked.values()), "bad": bad}
+        return {"ok": not bad, "prefixes": len(self.acked), "keys": sum(count for count, _size in self.acked.values()), "bad": bad}
 
     # -------------------------------------------------------------- playbook
     def ansible_env(self, profile_out=None):
@@ -289,13 +288,13 @@ class Bench:
         for attempt in (1, 2):
             t = time.monotonic()
             proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=600, check=False)
-            self.note("[%.2f s] %s$ %s\n-> rc %d\n%s%s" % (time.monotonic() - t, host.name, command, proc.returncode,
-                                                          proc.stdout[-3000:], proc.stderr[-3000:]))
+            self.note("[%.2f s] %s$ %s\n-> rc %d\n%s%s" % (
+                time.monotonic() - t, host.name, command, proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:]))
             if proc.returncode != 255:
                 break
         if check and proc.returncode:
-            raise LabError("ssh %s %r: rc %d: %s" % (host.name, command, proc.returncode,
-                                                      (proc.stderr or proc.stdout).strip()[-2000:]))
+            raise LabError("ssh %s %r: rc %d: %s" % (
+                host.name, command, proc.returncode, (proc.stderr or proc.stdout).strip()[-2000:]))
         return proc
 
     def scp(self, src, dst):
@@ -433,17 +432,17 @@ class Bench:
                       datadir_mib={k: round(v / 2 ** 20, 1) for k, v in sizes.items()})
         result["verify"] = self.safe_verify(kind, prefix)
         result["ok"] = result["rc"] == 0 and result["verify"]["ok"]
-        log("%s: %s %.1f s, winner %s, verify %s" % (run_id, "OK" if result["ok"] else "FAILED",
-                                                    result["seconds"] or -1, result.get("winner"),
-                                                    "ok" if result["verify"]["ok"] else result["verify"]["problems"]))
+        log("%s: %s %.1f s, winner %s, verify %s" % (
+            run_id, "OK" if result["ok"] else "FAILED", result["seconds"] or -1, result.get("winner"),
+            "ok" if result["verify"]["ok"] else result["verify"]["problems"]))
         if not result["ok"]:
             try:
                 result["repair"] = self.repair()
                 result["verify_after_repair"] = self.safe_verify(kind, prefix)
             except (LabError, subprocess.TimeoutExpired) as exc:
                 result["repair"] = ["failed: %s" % str(exc)[-1000:]]
-            log("%s: repair: %s; keys after it: %s" % (run_id, result["repair"],
-                                                     result.get("verify_after_repair", {}).get("ok")))
+            log("%s: repair: %s; keys after it: %s" % (
+                run_id, result["repair"], result.get("verify_after_repair", {}).get("ok")))
         if result["ok"] or not self.args.keep_failed:
             self.cleanup(run_id)
         return result
@@ -522,7 +521,8 @@ def summarize(records):
         for r in ok:
             pairs.setdefault(r["run"], {})[r["kind"]] = r["seconds"]
         ratios = [p["playbook"] / p["manual"] for p in pairs.values() if len(p) == 2]
-        fmt = lambda s: "%.1f (%.1f-%.1f)" % (s["median"], s["min"], s["max"]) if s else "-"
+        def fmt(s):
+            return "%.1f (%.1f-%.1f)" % (s["median"], s["min"], s["max"]) if s else "-"
         ratio = "%.2f" % (a["median"] / b["median"]) if a and b else "-"
         if ratios:
             ratio += " (pairs %.2f-%.2f)" % (min(ratios), max(ratios))
@@ -549,8 +549,8 @@ def summarize(records):
                              rec["config"], prof["total_seconds"], len(tasks), sum(1 for t in tasks if t["ok"] + t["failed"]),
                              ran, sum(t["skipped"] for t in tasks)))
             for t in sorted(tasks, key=lambda t: -t["seconds"])[:12]:
-                lines.append("  %6.2f s  %s (%s%s)" % (t["seconds"], t["name"], t["action"],
-                                                     ", %d attempts" % t["attempts"] if t.get("attempts") else ""))
+                lines.append("  %6.2f s  %s (%s%s)" % (
+                    t["seconds"], t["name"], t["action"], ", %d attempts" % t["attempts"] if t.get("attempts") else ""))
     return "\n".join(lines)
 
 
