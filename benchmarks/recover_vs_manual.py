@@ -521,6 +521,7 @@ def summarize(records):
         for r in ok:
             pairs.setdefault(r["run"], {})[r["kind"]] = r["seconds"]
         ratios = [p["playbook"] / p["manual"] for p in pairs.values() if len(p) == 2]
+
         def fmt(s):
             return "%.1f (%.1f-%.1f)" % (s["median"], s["min"], s["max"]) if s else "-"
         ratio = "%.2f" % (a["median"] / b["median"]) if a and b else "-"
