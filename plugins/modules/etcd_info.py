@@ -114,18 +114,13 @@ member:
   type: dict
   contains:
     summary:
-      description:
-        - The engine-neutral summary the recovery plan reads (the same fields from M(quorum.recovery.dqlite_info)
-          and M(quorum.recovery.etcd_info); docs/member_summary.md says what each means).
-        - C(engine), C(path), C(exists), C(cluster_key) (etcd's cluster ID; dqlite has none), C(member_id),
-          C(address) and C(address_source), C(address_local), C(last_term), C(last_index), C(first_index),
-          C(snapshot_index), C(last_entry_sha256), C(current_term) (the term the member voted in; above every
-          log term after a lone campaign), C(commit) (etcd), C(tie_break) (compared after term and index), C(terms)
-          (where each term of the log begins), C(voters) (C(id), C(address), C(role)), C(verdict), C(running),
-          C(after_repair) (where the log ends once the proposed repairs are made, with C(repairs)), and
-          C(problems) (C(severity), C(file), C(message), C(range), C(engine_would), C(data_lost), C(remedy), C(repair)).
+      description: >-
+        The member in the shape the recovery plan reads for every engine, with the same fields as
+        M(quorum.recovery.dqlite_info)'s C(summary) (docs/member_summary.md): here C(cluster_key) is the cluster
+        ID, C(current_term) and C(commit) come from the HardState, C(tie_break) is the applied index then the
+        db revision.
       type: dict
-      sample: {"engine": "etcd", "member_id": "8e9e05c52164694d", "last_term": 2, "last_index": 4120, "verdict": "healthy"}
+      sample: {"engine": "etcd", "member_id": "8e9e05c52164694d", "cluster_key": "cdf818194e3a8c32", "last_term": 2}
     verdict:
       description: V(healthy), V(repairable) (etcd or one reviewed local step fixes it without losing committed
         data, for example a torn WAL tail) or V(unusable) (rebuild this member from another).
