@@ -249,7 +249,7 @@ def test_check_mode_prints_the_plan_and_changes_nothing(lab, tmp_path):
         proc = _recover(lab, controller, {}, "--check")  # no recover_confirm needed to look
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0, output[-4000:]
-        for part in ("winner: ", "reconfigure: once on ", "plan hash: ", "new membership: h1=voter, h2=voter, h3=voter",
+        for part in ("winner: ", "source: built once on ", "plan hash: ", "new membership: h1=voter, h2=voter, h3=voter",
                      "restore from"):
             assert part in output, (part, output[-4000:])
         _assert_nothing_changed(lab, (before, services), controller, "--check")
