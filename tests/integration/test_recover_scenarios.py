@@ -61,13 +61,20 @@ def _assert_recovered(lab, survivors, keys, voters):
     assert sum(n["Role"] == "voter" for n in nodes) == voters, nodes
 
 
+def _lag(lab, laggard, writer):
+    """Cut `laggard` off while `writer` (on the majority side) gets 300 acknowledged keys
+    (prefix acked): the laggard falls behind. The caller powers the cluster off, then heals."""
+    lab.partition(laggard)
+    lab._wait(lambda: lab.dqlite_leader(writer) not in ("", laggard.dqlite_address), 60,
+              "a leader on the majority side")
+    lab.churn(writer, "dqlite", 300, 64, prefix="acked")
+
+
 def test_lagging_member_then_all_powered_off_mid_write(fresh_lab):
     lab = fresh_lab
     hosts = lab.up(3, keys=1000)
     h1, h2, h3 = hosts
-    lab.partition(h3)  # h3 falls behind
-    lab._wait(lambda: lab.dqlite_leader(h1) not in ("", h3.dqlite_address), 60, "a leader on the majority side")
-    lab.churn(h1, "dqlite", 300, 64, prefix="acked")
+    _lag(lab, h3, h1)  # h3 falls behind
     lab.power_off_mid_write(h1, "dqlite", "busy", count=100000, size=64)  # every member, SIGKILL
     lab.heal(h3)
     # inspect.yml: read-only, shows the plan, and shows a refusal instead of failing on it
@@ -279,9 +286,7 @@ def test_a_refused_override_changes_nothing_even_when_the_winner_needs_a_repair(
     lab = fresh_lab
     hosts = lab.up(3, keys=1000)
     h1, h2, h3 = hosts
-    lab.partition(h3)  # h3 falls behind
-    lab._wait(lambda: lab.dqlite_leader(h1) not in ("", h3.dqlite_address), 60, "a leader on the majority side")
-    lab.churn(h1, "dqlite", 300, 64, prefix="acked")
+    _lag(lab, h3, h1)  # h3 falls behind
     lab.power_off("dqlite")  # every member, SIGKILL: the newest entries stay in open segments
     lab.heal(h3)
     torn = {h.name: _torn_tail(lab, h) for h in (h1, h2)}
@@ -309,9 +314,7 @@ def test_the_first_node_lags_and_is_restored_from_another(fresh_lab):
     lab = fresh_lab
     hosts = lab.up(3, keys=1000)
     h1, h2, h3 = hosts
-    lab.partition(h1)  # h1 falls behind
-    lab._wait(lambda: lab.dqlite_leader(h2) not in ("", h1.dqlite_address), 60, "a leader on the majority side")
-    lab.churn(h2, "dqlite", 300, 64, prefix="acked")
+    _lag(lab, h1, h2)  # h1 falls behind
     lab.power_off("dqlite")
     lab.heal(h1)
     proc = _recover(lab)
