@@ -17,16 +17,15 @@ behaviour measured against real dqlite.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-import socket
 import struct
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_format as fmt
 from ansible_collections.quorum.recovery.plugins.module_utils import member
 from ansible_collections.quorum.recovery.plugins.module_utils.member import (  # noqa: F401 pylint: disable=unused-import
+    address_is_local,
     ERROR, HEALTHY, INFO, REPAIRABLE, UNUSABLE, WARNING, verdict)  # the statuses, re-exported for the modules
 
 BOOTSTRAP_ID = 0x2DC171858C3155BE  # go-dqlite's ID of the node that bootstraps a cluster
@@ -334,36 +333,11 @@ def _after_repair(result):
             "last_entry_sha256": last[2], "repairs": [a for a in actions if "write" not in a]}
 
 
-def address_is_local(address: str | None) -> bool | None:
-    """Whether this host holds the host part of a dqlite address ("ip:port", "[ip6]:port" or
-    "name:port"): True, False, or None when it cannot tell (no address, a name that does not
-    resolve, an unexpected error). go-dqlite binds that address at start (TLS or not), so a
-    node whose host lost it cannot start. Binds a socket to port 0 on it and closes it: nothing
-    else on the host is touched. A host with net.ipv4.ip_nonlocal_bind=1 binds anything: True."""
-    if not address or ":" not in address:
-        return None
-    host = address.rpartition(":")[0].strip("[]")
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        return None
-    unknown = False
-    for family, socktype, proto, _name, sockaddr in infos:
-        try:
-            with socket.socket(family, socktype, proto) as sock:
-                sock.bind((sockaddr[0], 0) + tuple(sockaddr[2:]))
-            return True
-        except OSError as exc:
-            if exc.errno != errno.EADDRNOTAVAIL:
-                unknown = True
-    return None if unknown or not infos else False
-
-
 def _check_address_local(identity, problems):
     """A member whose host no longer has the address in its info.yaml: the host's address
     changed (a new DHCP lease, a moved VM). Only a warning here: the data is as good as before,
     and the recovery gives the member its new address when told which one it is."""
-    local = address_is_local(identity["address"]) if identity else None
+    local = member.address_is_local(identity["address"]) if identity else None
     if local is False:
         problems.append(_problem(
             WARNING, "info.yaml", "address %s in info.yaml is not an address of this host (did the host's "

@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+import errno
 import os
+import socket
+from urllib.parse import urlsplit
 
 from ansible_collections.quorum.recovery.plugins.module_utils import proc_holders
 
@@ -69,6 +72,42 @@ def running(path: str, subdirs: tuple = ("",), locks: tuple = ()) -> dict:
         names += [os.path.join(sub, n) if sub else n for n in listing
                   if os.path.isfile(os.path.join(path, sub, n))]
     return proc_holders.holder(proc_holders.file_ids(path, names), locks=locks)
+
+
+def address_is_local(address: str | None) -> bool | None:
+    """Whether this host holds the host part of a member address: "ip:port", "[ip6]:port",
+    "name:port" (dqlite) or a URL such as "https://ip:2380" (etcd peer URLs). True, False, or
+    None when it cannot tell (no address, a name that does not resolve, an unexpected error).
+    The engine binds that address at start, so a member whose host lost it cannot start. Binds
+    a socket to port 0 on it and closes it: nothing else on the host is touched. A host with
+    net.ipv4.ip_nonlocal_bind=1 binds anything: True."""
+    if not address:
+        return None
+    if "://" in address:
+        try:
+            host = urlsplit(address).hostname
+        except ValueError:
+            return None
+    elif ":" in address:
+        host = address.rpartition(":")[0].strip("[]")
+    else:
+        return None
+    if not host:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None
+    unknown = False
+    for family, socktype, proto, _name, sockaddr in infos:
+        try:
+            with socket.socket(family, socktype, proto) as sock:
+                sock.bind((sockaddr[0], 0) + tuple(sockaddr[2:]))
+            return True
+        except OSError as exc:
+            if exc.errno != errno.EADDRNOTAVAIL:
+                unknown = True
+    return None if unknown or not infos else False
 
 
 def summary(engine: str, facts: dict, *, member_id: int | str | None = None, cluster_key: str | None = None,

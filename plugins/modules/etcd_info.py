@@ -51,6 +51,12 @@ options:
         (etcd's C(--data-dir); kubeadm C(/var/lib/etcd), k3s C(/var/lib/rancher/k3s/server/db/etcd)).
     type: path
     required: true
+  new_address:
+    description:
+      - The peer URL this member will have after the recovery, when its host's address changed
+        (for example V(https://10.0.0.7:2380)). Checked like the member's own peer URL and
+        reported in RV(member.summary.new_address_local).
+    type: str
   depth:
     description:
       - V(full) verifies the CRC of every WAL record in every file, walks every page of the db and
@@ -223,6 +229,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.quorum.recovery.plugins.module_utils import etcd_datadir
+from ansible_collections.quorum.recovery.plugins.module_utils import member
 
 
 # what etcdctl's output says went wrong, most specific first: (reason, words, explanation)
@@ -290,6 +297,7 @@ def main():
         argument_spec=dict(
             path=dict(type="path", required=True),
             depth=dict(type="str", choices=["quick", "full"], default="full"),
+            new_address=dict(type="str"),
             endpoint=dict(type="str"),
             etcdctl=dict(type="path", default="etcdctl"),
             cacert=dict(type="path"),
@@ -300,12 +308,20 @@ def main():
         supports_check_mode=True,
     )
     path = module.params["path"]
+    if not os.path.lexists(path):
+        # a member whose data directory is gone (a replaced disk) is a member to rebuild
+        module.exit_json(changed=False, member={"path": path, "exists": False,
+                                                 "summary": member.missing("etcd", path)})
     if not os.path.isdir(path):
         module.fail_json(msg="path %s is not a directory" % path)
     try:
         facts = etcd_datadir.inspect_datadir(path, module.params["depth"])
     except (OSError, MemoryError) as exc:
         module.fail_json(msg="cannot read %s: %s" % (path, exc))
+    summary = facts.get("summary") or {}
+    summary["address_local"] = member.address_is_local(summary.get("address"))
+    if module.params["new_address"]:
+        summary["new_address_local"] = member.address_is_local(module.params["new_address"])
     result = {"changed": False, "member": facts}
     if module.params["endpoint"]:
         result["online"] = _endpoint_status(module)
