@@ -74,6 +74,21 @@ def _identity(host, summary, hosts):
     return None, address
 
 
+def _identify_missing(ids, current, members, hosts):
+    """A member whose data directory is gone knows nothing of itself: find it among the other
+    members' voters by its configured address, or by its name (etcd names members, often by host)."""
+    for host in sorted(members):
+        if ids[host] is not None or members[host].get("exists"):
+            continue
+        for other in sorted(members):
+            for voter in members[other].get("voters") or []:
+                if (hosts.get(host) and voter["address"] == hosts[host]) or voter.get("name") == host:
+                    ids[host], current[host] = voter["id"], voter["address"]
+                    break
+            if ids[host] is not None:
+                break
+
+
 def _clusters(members, ids):
     """Groups of members that belong to one cluster: by the engine's cluster key where every
     member has one, else by voter IDs they share (dqlite keeps no cluster ID)."""
@@ -209,6 +224,7 @@ def make_plan(engine: str, members: dict, lost: Iterable = (), winner: str | Non
             source = members[host].get("address_source") or "identity file"
             reasons.append("%s: its member ID is unknown (no %s, and its address %s is not among its voters); "
                            "restore it or declare the member lost" % (host, source, current[host]))
+    _identify_missing(ids, current, members, hosts)
     reasons += _address_reasons(members, current, hosts, addresses)
     groups = _clusters({h: s for h, s in members.items() if s.get("exists")}, ids)
     if len(groups) > 1:
@@ -320,6 +336,12 @@ def make_plan(engine: str, members: dict, lost: Iterable = (), winner: str | Non
 
     # The new membership: every voter of the winner's configuration is a survivor or declared lost.
     survivors = sorted(members)
+    for name in sorted({str(x) for x in lost}):
+        if name not in hosts and not any(_is_lost(v, [name], hosts) for v in voters_of_winner.values()):
+            reasons.append("recover_lost names %s, which is neither an inventory member nor a member of %s's "
+                           "membership (%s); a misspelt name would leave the real one in" % (
+                               name, chosen, ", ".join(sorted("%s %s" % (v.get("name") or v["id"], v["address"])
+                                                              for v in voters_of_winner.values()))))
     by_id = {ids[h]: h for h in survivors if ids[h] is not None}
     for voter in voters_of_winner.values():
         if voter["id"] not in by_id and not _is_lost(voter, lost, hosts):
@@ -337,6 +359,10 @@ def make_plan(engine: str, members: dict, lost: Iterable = (), winner: str | Non
     roles = hooks.roles(order, {h: (voters_of_winner.get(ids[h]) or {}).get("role") for h in order}, max_voters)
     membership = [{"host": h, "id": ids[h], "address": addresses.get(h, current[h]), "role": roles[h]}
                   for h in order]
+    for entry in membership:  # engines that name their members (etcd) keep the names
+        name = (voters_of_winner.get(entry["id"]) or {}).get("name")
+        if name:
+            entry["name"] = name
     lost_members = [{"id": v["id"], "address": v["address"]} for v in voters_of_winner.values() if v["id"] not in by_id]
     source = hooks.source(chosen, members[chosen], pos[chosen])
     moved = {m["host"]: m["address"] for m in membership if m["address"] != current[m["host"]]}
@@ -358,11 +384,15 @@ def make_plan(engine: str, members: dict, lost: Iterable = (), winner: str | Non
                    "new_role": roles[h], "if_chosen": losses.get(h, "")} for h in survivors]
     plan = {"engine": engine, "winner": chosen, "why": why, "warnings": warnings, "members": table_rows,
             "membership": membership, "lost": lost_members, "source": source, "parts": parts, "fates": fates,
-            "repairs": repairs, "notes": _notes(members, chosen)}
+            "repairs": repairs, "notes": _notes(members, chosen) + list(getattr(hooks, "notes", _no_notes)(members, chosen))}
     plan["hash"] = plan_hash(plan)
     plan["table"] = render_table(plan)
     plan["picture"] = render_picture(members, plan)
     return plan
+
+
+def _no_notes(_members, _chosen):
+    return []
 
 
 def _notes(members, chosen):
