@@ -297,3 +297,34 @@ def test_notes_say_whether_a_warning_matters():
     assert "h1: cluster.yaml: cluster.yaml disagrees with the membership in the log - does not matter: the " \
         "recovery writes it from the plan" in plan["notes"]
     assert any(n.startswith("h2:") and "replaced by the winner's" in n for n in plan["notes"])
+
+
+def test_etcd_membership_keeps_names_and_a_member_without_data_is_found_by_its_name():
+    gone = {"engine": "etcd", "exists": False, "verdict": "unusable", "problems": [], "voters": []}
+    plan = election.make_plan("etcd", {"h1": etcd("h1", 2, 500, 2, 499), "h2": etcd("h2", 2, 498, 2, 498),
+                                       "h3": gone})
+    assert [(m["host"], m["name"]) for m in plan["membership"]] == [("h1", "h1"), ("h2", "h2"), ("h3", "h3")]
+    assert plan["parts"]["h3"]["part"] == "restore" and plan["parts"]["h3"]["id"] == "%x" % IDS["h3"]
+
+
+def test_a_lost_entry_that_names_no_member_is_refused():
+    with pytest.raises(election.PlanRefused, match=r"recover_lost names h33, which is neither an inventory member"):
+        election.make_plan("etcd", {"h1": etcd("h1", 2, 500, 2, 499), "h2": etcd("h2", 2, 498, 2, 498)},
+                           lost=["h33"], hosts={"h1": "", "h2": ""})
+    plan = election.make_plan("etcd", {"h1": etcd("h1", 2, 500, 2, 499), "h2": etcd("h2", 2, 498, 2, 498)},
+                              lost=["h3"], hosts={"h1": "", "h2": ""})  # by its etcd name
+    assert [m["host"] for m in plan["membership"]] == ["h1", "h2"] and len(plan["lost"]) == 1
+
+
+def test_etcd_plan_says_what_lies_beyond_commit_and_derives_ids_like_etcd():
+    from ansible_collections.quorum.recovery.plugins.module_utils import etcd_plan
+    h1 = etcd("h1", 2, 500, 2, 490)
+    h1["unapplied"] = {"beyond_commit": 10, "beyond_db": 12, "keys": ["a", "b"], "more_keys": 3}
+    plan = election.make_plan("etcd", {"h1": h1, "h2": etcd("h2", 2, 498, 2, 495), "h3": etcd("h3", 2, 497, 2, 495)})
+    assert "h1: 12 entries in its WAL are in no db of its own, 10 lie beyond its persisted commit 490; keys: a, b " \
+        "and 3 more - kept: the winner's whole log is replayed" in plan["notes"]
+    assert any("h1's log holds 5 entries beyond every member's persisted commit (495)" in n for n in plan["notes"])
+    # IDs as a real etcd 3.4 lab cluster (token qrlab) has them
+    ids = [etcd_plan.member_id(["http://10.254.77.%d:2380" % i], "qrlab") for i in (11, 12, 13)]
+    assert ids == ["5fdc7ffeaa3af4f9", "50827998474de295", "5f66b2e44672d6d8"]
+    assert etcd_plan.cluster_id(ids) == "9bef102e7ff8238a"
