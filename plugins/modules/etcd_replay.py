@@ -373,18 +373,21 @@ class ScratchEtcd:
 
 
 # ---------------------------------------------------------------------------- the steps
+def _leftovers(folder, names):
+    """What the copy leaves out: etcd preallocates its next WAL file (N.tmp) itself, and .broken
+    files are what it cut away."""
+    return [n for n in names if n.endswith(".broken") or (os.path.basename(folder) == "wal" and n.endswith(".tmp"))]
+
+
 def _copy_member(path, work, progress):
     source = os.path.join(path, "member")
     progress.phase("copy", sum(os.path.getsize(os.path.join(root, n)) for root, _d, names in os.walk(source)
-                               for n in names))
+                               for n in set(names) - set(_leftovers(root, names))))
 
     def copy(src, dst):
         shutil.copy2(src, dst)
         progress.advance(os.path.getsize(src))
-    def leftovers(folder, names):
-        # etcd preallocates its next WAL file (N.tmp) itself; .broken files are what it cut away
-        return [n for n in names if n.endswith(".broken") or (os.path.basename(folder) == "wal" and n.endswith(".tmp"))]
-    shutil.copytree(source, os.path.join(work, "member"), copy_function=copy, symlinks=True, ignore=leftovers)
+    shutil.copytree(source, os.path.join(work, "member"), copy_function=copy, symlinks=True, ignore=_leftovers)
 
 
 def _own_name(facts):
