@@ -9,7 +9,7 @@ DOCUMENTATION = r"""
 ---
 module: etcd_replay
 short_description: Build the restore snapshot from a stopped etcd member's whole log, dropping no entry
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Builds, ONCE, on the member the plan chose, the snapshot every member is then restored from,
     keeping every entry of the member's log, also those beyond its persisted HardState commit.
