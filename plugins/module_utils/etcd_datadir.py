@@ -518,7 +518,8 @@ def unapplied(scan: fmt.WalScan, snapshot_index: int, consistent_index: int, key
     commit = (scan.hard_state or {}).get("commit") or 0
     in_db = max(consistent_index or 0, snapshot_index or 0)
     floor = min(commit, in_db)
-    keys, undecoded = set(), 0
+    keys: set[str] = set()
+    undecoded = 0
     for index, _term, etype, data in scan.kept:
         if index <= floor or etype != fmt.ENTRY_NORMAL or not data:
             continue

@@ -211,13 +211,9 @@ progress:
   elements: dict
 """
 
-import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
 import time
 
@@ -225,12 +221,10 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
 from ansible_collections.quorum.recovery.plugins.module_utils import etcd_datadir
+from ansible_collections.quorum.recovery.plugins.module_utils.etcd_scratch import ScratchEtcd
 from ansible_collections.quorum.recovery.plugins.module_utils import etcd_wal_write
 from ansible_collections.quorum.recovery.plugins.module_utils import progress as prog
 from ansible_collections.quorum.recovery.plugins.module_utils.ondisk import FormatError
-
-STOP_GRACE = 10  # seconds between SIGTERM and SIGKILL
-
 
 class Refused(Exception):
     """A refusal: the message names the input; `details` go into the failed result."""
@@ -271,105 +265,6 @@ def _positions(facts):
             "consistent_index": db.get("consistent_index"), "beyond_commit": beyond.get("beyond_commit"),
             "beyond_db": beyond.get("beyond_db"), "keys_touched": beyond.get("keys", []),
             "more_keys": beyond.get("more_keys", 0)}
-
-
-# ---------------------------------------------------------------------------- the scratch etcd
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _netns_tools(module):
-    """(unshare, nsenter, ip) when this process may make a network namespace, else None."""
-    if os.geteuid() != 0:
-        return None
-    tools = tuple(module.get_bin_path(t) for t in ("unshare", "nsenter", "ip"))
-    if not all(tools):
-        return None
-    probe = subprocess.run([tools[0], "--net", "--", tools[2], "link", "set", "lo", "up"], capture_output=True,
-                           check=False, timeout=30)
-    return tools if probe.returncode == 0 else None
-
-
-class ScratchEtcd:
-    """etcd --force-new-cluster on the copy, alone; stop() ends it by its PID, always."""
-
-    def __init__(self, module, bin_dir, data_dir, name, timeout):
-        self.module, self.data_dir, self.timeout = module, data_dir, timeout
-        self.etcd, self.etcdctl = os.path.join(bin_dir, "etcd"), os.path.join(bin_dir, "etcdctl")
-        self.log_path = os.path.join(os.path.dirname(data_dir), "etcd.log")
-        self.name, self.proc, self.netns, self.client = name, None, None, None
-
-    def start(self, isolation):
-        tools = _netns_tools(self.module) if isolation != "loopback" else None
-        if isolation == "netns" and not tools:
-            raise Refused("isolation=netns, but no network namespace can be made here (it needs root, unshare, "
-                          "nsenter and ip)")
-        client_port, peer_port = (2379, 2380) if tools else (_free_port(), _free_port())
-        self.client = "http://127.0.0.1:%d" % client_port
-        argv = [self.etcd, "--name", self.name, "--data-dir", self.data_dir, "--force-new-cluster",
-                "--listen-client-urls", self.client, "--advertise-client-urls", self.client,
-                "--listen-peer-urls", "http://127.0.0.1:%d" % peer_port, "--logger", "zap",
-                "--log-outputs", "stderr"]
-        if tools:
-            unshare, _nsenter, ip = tools
-            # unshare execs the shell and the shell execs etcd: one process, whose PID is Popen's
-            argv = [unshare, "--net", "--", "/bin/sh", "-c", '"$0" link set lo up && exec "$@"', ip] + argv
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,  # pylint: disable=consider-using-with
-                                         close_fds=True)
-        self.netns = tools
-
-    def etcdctl_json(self, *args, timeout=None):
-        timeout = timeout or self.timeout
-        argv = [self.etcdctl, "--endpoints", self.client, "--dial-timeout", "2s",
-                "--command-timeout", "%ds" % max(2, timeout), "-w", "json"] + list(args)
-        if self.netns:
-            argv = [self.netns[1], "--net=/proc/%d/ns/net" % self.proc.pid, "--"] + argv
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout + 10,
-                              env=dict(os.environ, ETCDCTL_API="3"))
-        if proc.returncode:
-            raise RuntimeError((proc.stderr or proc.stdout).strip()[-500:] or "exit code %d" % proc.returncode)
-        return json.loads(proc.stdout) if proc.stdout.strip().startswith(("{", "[")) else proc.stdout
-
-    def wait_applied(self, index):
-        """Endpoint status once it has a leader and applied `index` (3.4 and 3.5 both report
-        raftAppliedIndex; raftIndex, the last index raft holds, is the fallback)."""
-        deadline, last_error = time.monotonic() + self.timeout, "no answer yet"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("etcd exited with code %d before it served" % self.proc.returncode)
-            try:
-                status = self.etcdctl_json("endpoint", "status", timeout=5)[0]["Status"]
-                applied = status.get("raftAppliedIndex", status.get("raftIndex", 0))
-                if status.get("leader") and applied >= index:
-                    return status
-                last_error = "leader %s, applied index %s" % (status.get("leader"), applied)
-            except (RuntimeError, ValueError, KeyError, IndexError, subprocess.TimeoutExpired) as exc:
-                last_error = str(exc)
-            time.sleep(0.3)
-        raise RuntimeError("etcd did not serve with applied index >= %d within %ds (last: %s)"
-                           % (index, self.timeout, last_error))
-
-    def stop(self):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def log_tail(self, lines=30):
-        try:
-            with open(self.log_path, "rb") as handle:
-                handle.seek(max(0, os.path.getsize(self.log_path) - 65536))
-                text = handle.read().decode("utf-8", "replace")
-        except OSError:
-            return []
-        return [line[:500] for line in text.splitlines()[-lines:]]
 
 
 # ---------------------------------------------------------------------------- the steps
@@ -422,7 +317,7 @@ def _replay(module, facts, progress, seconds):
         seconds["copy"] = round(time.monotonic() - started, 3)
         progress.phase("replay")
         started = time.monotonic()
-        etcd = ScratchEtcd(module, p["bin_dir"], data_dir, _own_name(facts), p["timeout"])
+        etcd = ScratchEtcd(p["bin_dir"], data_dir, _own_name(facts), p["timeout"])
         etcd.start(p["isolation"])
         status = etcd.wait_applied(expected)
         seconds["start"] = round(time.monotonic() - started, 3)
@@ -437,7 +332,7 @@ def _replay(module, facts, progress, seconds):
                   "applied_index": status.get("raftAppliedIndex", status.get("raftIndex")),
                   "etcd_version": status.get("version"), "isolated": bool(etcd.netns),
                   "appended": {k: appended[k] for k in ("file", "offset", "frame_size", "zeroed", "hard_state")}}
-    except (RuntimeError, OSError, FormatError, subprocess.TimeoutExpired, ValueError, KeyError) as exc:
+    except (RuntimeError, OSError, FormatError, ValueError, KeyError) as exc:
         tail = etcd.log_tail() if etcd else None
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -521,7 +416,7 @@ def main():
             scratch=dict(type="path"),
             isolation=dict(type="str", choices=["auto", "netns", "loopback"], default="auto"),
             timeout=dict(type="int", default=300),
-            key_limit=dict(type="int", default=100),
+            key_limit=dict(type="int", default=100, no_log=False),
             **prog.PROGRESS_OPTIONS
         ),
         supports_check_mode=True,

@@ -158,23 +158,23 @@ def test_bad_inputs_fail_naming_the_input_and_change_nothing(member, inventory, 
     out = tmp_path / "out"
     base = dict(path=data, dest=out / "replayed.db", expected_last_index=last, bin_dir=ENGINES[version])
 
-    ok, missing = replay(inventory, **dict(base, path=tmp_path / "nothing-here"))
+    ok, missing = replay(inventory, **{**base, "path": tmp_path / "nothing-here"})
     assert not ok and "path %s" % (tmp_path / "nothing-here") in missing["msg"], missing
 
-    ok, wrong = replay(inventory, **dict(base, expected_last_index=last - 3))
+    ok, wrong = replay(inventory, **{**base, "expected_last_index": last - 3})
     assert not ok and "expected_last_index is %d" % (last - 3) in wrong["msg"] and str(data) in wrong["msg"], wrong
     assert "ends at index %d" % last in wrong["msg"]
 
     empty = tmp_path / "empty-bin"
     empty.mkdir()
-    ok, no_etcd = replay(inventory, **dict(base, bin_dir=empty))
+    ok, no_etcd = replay(inventory, **{**base, "bin_dir": empty})
     assert not ok and "bin_dir %s has no executable etcd" % empty in no_etcd["msg"], no_etcd
 
     busy = tmp_path / "busy"
     shutil.copytree(data, busy)
     with Solo(ENGINES[version], busy) as etcd:  # the copy, restarted as the member it is
         etcd.wait()
-        ok, running = replay(inventory, **dict(base, path=busy))
+        ok, running = replay(inventory, **{**base, "path": busy})
     assert not ok and "etcd is running on path %s" % busy in running["msg"], running
 
     assert not out.exists(), "a refused run wrote something"
