@@ -221,10 +221,11 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
 from ansible_collections.quorum.recovery.plugins.module_utils import etcd_datadir
-from ansible_collections.quorum.recovery.plugins.module_utils.etcd_scratch import ScratchEtcd
 from ansible_collections.quorum.recovery.plugins.module_utils import etcd_wal_write
 from ansible_collections.quorum.recovery.plugins.module_utils import progress as prog
+from ansible_collections.quorum.recovery.plugins.module_utils.etcd_scratch import ScratchEtcd
 from ansible_collections.quorum.recovery.plugins.module_utils.ondisk import FormatError
+
 
 class Refused(Exception):
     """A refusal: the message names the input; `details` go into the failed result."""
