@@ -70,8 +70,9 @@ def _listdir(path):
         return None
 
 
-def inspect_datadir(path: str, depth: str = "full") -> dict:
-    """Everything etcd_info reports about one data directory (see the module's RETURN)."""
+def inspect_datadir(path: str, depth: str = "full", key_limit: int = 20) -> dict:
+    """Everything etcd_info reports about one data directory (see the module's RETURN);
+    `unapplied` lists at most key_limit keys."""
     full = depth == "full"
     problems: list = []
     result: dict = {"path": path, "depth": depth, "exists": os.path.isdir(path), "problems": problems,
@@ -96,12 +97,13 @@ def inspect_datadir(path: str, depth: str = "full") -> dict:
         result.update(files={"wal": wal_names or [], "snap": snap_names}, snapshots=[], snapshot_loaded=None,
                       wal=None, log={"last_index": None, "last_term": None, "hard_state": None, "snapshot_index": 0,
                                      "snapshot_term": 0},
-                      membership=_membership(None, None, db, problems))
+                      membership=_membership(None, None, db, problems), unapplied=None)
         _finish(result, db, problems, path)
         return result
     result["files"] = {"wal": wal_names, "snap": snap_names}
     snapshots = _read_snapshots(snap_dir, snap_names)
-    scan, read_from, loaded, used = _inspect_wal(wal_dir, wals, snapshots, full, problems)
+    keep_after = (db or {}).get("consistent_index") or 0  # no db, or no key: etcd starts from 0
+    scan, read_from, loaded, used = _inspect_wal(wal_dir, wals, snapshots, full, problems, keep_after)
     checked = not any(p["stage"] == STAGE_WAL_CHECK and p["etcd_start"] != STARTS for p in problems)
     _snapshot_problems(snapshots, loaded, problems, checked)
     result["snapshots"] = [{k: v for k, v in s.items() if k != "data"} for s in snapshots]
@@ -117,6 +119,7 @@ def inspect_datadir(path: str, depth: str = "full") -> dict:
         "last_index": wal["last_index"] if read else None, "last_term": wal["last_term"] if read else None,
         "hard_state": wal["hard_state"] if read else None,
         "snapshot_index": loaded["index"] if loaded else 0, "snapshot_term": loaded["term"] if loaded else 0}
+    result["unapplied"] = unapplied(scan, loaded["index"] if loaded else 0, keep_after, key_limit) if read else None
     _backend_problems(db, snap_names, loaded, problems)
     result["membership"] = _membership(loaded, wal, db, problems)
     _cross_checks(result, wal, db, problems)
@@ -222,10 +225,10 @@ def _search_index(wals, index):
     return None
 
 
-def _scan(wal_dir, wals, snap, full):
+def _scan(wal_dir, wals, snap, full, keep_after=None):
     index, term = (snap["index"], snap["term"]) if snap else (0, 0)
     read_from = _search_index(wals, index)
-    scan = fmt.WalScan(index, term, full, len(wals) if read_from is None else read_from)
+    scan = fmt.WalScan(index, term, full, len(wals) if read_from is None else read_from, keep_after)
     for i, (_seq, _first, name) in enumerate(wals):
         scan.feed(name, _read(os.path.join(wal_dir, name)), i == len(wals) - 1)
         if scan.error:
@@ -233,16 +236,16 @@ def _scan(wal_dir, wals, snap, full):
     return scan, read_from
 
 
-def _wal_pipeline(wal_dir, wals, snapshots, full):
+def _wal_pipeline(wal_dir, wals, snapshots, full, keep_after=None):
     """Steps 3, 4 and 6 over these files: (scan, ReadAll's first file or None, loaded snapshot).
     One pass reads them when the newest loadable .snap is the one etcd picks (the usual case)."""
     candidates = [s for s in snapshots if s["status"] != "broken"]
     guess = candidates[0] if candidates else None
-    scan, read_from = _scan(wal_dir, wals, guess, full)
+    scan, read_from = _scan(wal_dir, wals, guess, full, keep_after)
     valid = scan.valid_snapshots()
     loaded = next((s for s in candidates if (s["index"], s["term"]) in valid), None)
     if loaded is not guess:
-        scan, read_from = _scan(wal_dir, wals, loaded, full)
+        scan, read_from = _scan(wal_dir, wals, loaded, full, keep_after)
     return scan, read_from, loaded
 
 
@@ -253,12 +256,12 @@ def _first_gap(wals):
     return None
 
 
-def _inspect_wal(wal_dir, wals, snapshots, full, problems):
+def _inspect_wal(wal_dir, wals, snapshots, full, problems, keep_after=None):
     """The WAL problems; returns (scan, read_from, loaded, files used). When etcd would refuse
     because of something in the older files (a missing file, a CRC break), it also tries what
     archiving those files would give: etcd reads from the first file present, so if the rest
     still holds the loaded snapshot and everything after it, one reviewed step repairs it."""
-    scan, read_from, loaded = _wal_pipeline(wal_dir, wals, snapshots, full)
+    scan, read_from, loaded = _wal_pipeline(wal_dir, wals, snapshots, full, keep_after)
     found = _wal_problems(scan, read_from, loaded, wals)
     gap = _first_gap(wals)
     error = scan.error if scan.error and scan.error["kind"] in ("crc", "crc_record", "decode", "size") else None
@@ -279,7 +282,7 @@ def _inspect_wal(wal_dir, wals, snapshots, full, problems):
         return scan, read_from, loaded, wals
     if keep_from < len(wals):
         rest = wals[keep_from:]
-        sim_scan, sim_from, sim_loaded = _wal_pipeline(wal_dir, rest, snapshots, full)
+        sim_scan, sim_from, sim_loaded = _wal_pipeline(wal_dir, rest, snapshots, full, keep_after)
         sim_found = _wal_problems(sim_scan, sim_from, sim_loaded, rest)
         if _first_gap(rest) is None and not any(p["etcd_start"] != STARTS for p in sim_found):
             archived = ", ".join(w[2] for w in wals[:keep_from])
@@ -505,6 +508,31 @@ def _cross_checks(result, wal, db, problems):
                                  "start as a removed member and stop", "nothing", REBUILD))
 
 
+def unapplied(scan: fmt.WalScan, snapshot_index: int, consistent_index: int, key_limit: int = 20) -> dict:
+    """What lies beyond what this member applied for sure, from a WalScan made with keep_after:
+    `beyond_commit` entries after the HardState commit (what --force-new-cluster drops),
+    `beyond_db` entries after what the db holds (its consistent_index, or the loaded snapshot),
+    and the keys written or deleted by the entries after min(commit, db): sorted, unique, at
+    most key_limit in `keys`, the rest counted in `more_keys`. `undecoded` counts the entries
+    there that are no InternalRaftRequest (3.4's bare v2 requests, such as its member publish)."""
+    commit = (scan.hard_state or {}).get("commit") or 0
+    in_db = max(consistent_index or 0, snapshot_index or 0)
+    floor = min(commit, in_db)
+    keys: set[str] = set()
+    undecoded = 0
+    for index, _term, etype, data in scan.kept:
+        if index <= floor or etype != fmt.ENTRY_NORMAL or not data:
+            continue
+        writes = fmt.request_writes(data)
+        if writes is None:
+            undecoded += 1
+            continue
+        keys.update(fmt.key_text(key, end) for _op, key, end in writes)
+    ordered = sorted(keys)
+    return {"beyond_commit": max(0, scan.last_index - commit), "beyond_db": max(0, scan.last_index - in_db),
+            "keys": ordered[:key_limit], "more_keys": max(0, len(ordered) - key_limit), "undecoded": undecoded}
+
+
 def is_running(path: str) -> dict:
     """Whether a process holds a file of the member open (etcd keeps its WAL and db open) or a
     lock on member/snap/db (bbolt's flock), matched by device and inode (proc_holders)."""
@@ -524,7 +552,12 @@ def summary(result: dict) -> dict:
               for role, group in (("voter", "voters"), ("learner", "learners")) for m in membership.get(group) or []]
     own = next((v for v in voters if v["id"] == result.get("member_id")), {})
     applied = max(hard.get("commit") or 0, db.get("consistent_index") or 0)
-    return member.summary(
+    found = member.summary(
         "etcd", result, member_id=result.get("member_id"), cluster_key=result.get("cluster_id"),
         address=own.get("address") or None, address_source="membership" if own else None, voters=voters,
         current_term=hard.get("term"), commit=hard.get("commit"), tie_break=(applied, result.get("revision") or 0))
+    # etcd only: what a restore from this member's db alone, or --force-new-cluster, would lose
+    beyond = result.get("unapplied")
+    found["unapplied"] = None if beyond is None else {
+        k: beyond[k] for k in ("beyond_commit", "beyond_db", "keys", "more_keys")}
+    return found

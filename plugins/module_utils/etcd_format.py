@@ -4,7 +4,7 @@
 """etcd's WAL and .snap formats (3.4, 3.5, 3.6), read the way etcd's own readers read them.
 
 PRIVATE to this collection: may change without notice. Standard library only: this runs on
-the members. Nothing here writes, renames or locks a file.
+the members. Nothing here writes, renames or locks a file (etcd_wal_write.py appends to a copy).
 
 Layout facts (etcd server/storage/wal: encoder.go, decoder.go, wal.go, repair.go; snap/snapshotter.go;
 walpb, snappb, raftpb and etcdserverpb protobufs):
@@ -19,6 +19,7 @@ walpb, snappb, raftpb and etcdserverpb protobufs):
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import struct
@@ -196,6 +197,37 @@ def _uint64s(fields, number):
     return out
 
 
+def encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if not value:
+            out.append(byte)
+            return bytes(out)
+        out.append(byte | 0x80)
+
+
+def _encode_int(number, value):
+    return encode_varint(number << 3) + encode_varint(value)
+
+
+def encode_hard_state(term: int, vote: int, commit: int) -> bytes:
+    """raftpb.HardState as etcd marshals it: all three fields, even when zero (gogoproto, proto2)."""
+    return _encode_int(1, term) + _encode_int(2, vote) + _encode_int(3, commit)
+
+
+def encode_frame(rtype: int, crc: int, data: bytes) -> bytes:
+    """One WAL frame as etcd's encoder writes it: the length word (top bit and padding size when
+    the record is padded to 8 bytes), walpb.Record {type, crc, data}, the padding."""
+    record = _encode_int(1, rtype) + _encode_int(2, crc)
+    if data:
+        record += encode_varint(3 << 3 | 2) + encode_varint(len(data)) + bytes(data)
+    pad = -len(record) % 8
+    word = len(record) | ((0x80 | pad) << 56 if pad else 0)
+    return struct.pack("<Q", word) + record + b"\0" * pad
+
+
 def parse_record(data: Bytes) -> tuple[int, int, memoryview]:
     """walpb.Record -> (type, crc, data)."""
     fields = proto_fields(data)
@@ -312,6 +344,70 @@ def v2_store_members(data: Bytes) -> dict[str, dict[str, Any]]:
     return members
 
 
+# ---------------------------------------------------------------------------- what an entry writes
+# etcdserverpb (raft_internal.proto, rpc.proto; the same numbers in 3.4, 3.5 and 3.6):
+# InternalRaftRequest {v2 = 2; put = 4; delete_range = 5; txn = 6; ...}, PutRequest {key = 1},
+# DeleteRangeRequest {key = 1; range_end = 2}, TxnRequest {compare = 1; success = 2; failure = 3},
+# RequestOp {request_range = 1; request_put = 2; request_delete_range = 3; request_txn = 4}
+_IRR_V2, _IRR_PUT, _IRR_DELETE_RANGE, _IRR_TXN = 2, 4, 5, 6
+_OP_PUT, _OP_DELETE_RANGE, _OP_TXN = 2, 3, 4
+
+
+def _message(value):
+    if isinstance(value, int):
+        raise FormatError("protobuf: a message field has the wrong wire type")
+    return proto_fields(value)
+
+
+def _txn_writes(txn, out, depth=0):
+    if depth > 16:
+        raise FormatError("protobuf: transactions nested too deep")
+    for branch in (2, 3):  # success, failure: which one ran depends on the compares
+        for op in txn.get(branch, []):
+            op = _message(op)
+            for put in op.get(_OP_PUT, []):
+                out.append(("put", bytes(_one(_message(put), 1, b"")), None))
+            for deleted in op.get(_OP_DELETE_RANGE, []):
+                fields = _message(deleted)
+                out.append(("delete", bytes(_one(fields, 1, b"")), bytes(_one(fields, 2, b"")) or None))
+            for nested in op.get(_OP_TXN, []):
+                _txn_writes(_message(nested), out, depth + 1)
+
+
+def request_writes(data: Bytes) -> list[tuple[str, bytes, bytes | None]] | None:
+    """The keyspace writes of a normal entry's etcdserverpb.InternalRaftRequest, as
+    (V(put) or V(delete), key, range_end or None), both branches of a transaction included;
+    [] for a request that writes no key (lease, auth, compaction, member attributes, a v2
+    request); None when the bytes are not an InternalRaftRequest (3.4 proposes v2 requests
+    such as its member publish as a bare pb.Request, whose Method string is no message)."""
+    try:
+        fields = proto_fields(data)
+        for v2 in fields.get(_IRR_V2, []):
+            _message(v2)
+        out: list[tuple[str, bytes, bytes | None]] = []
+        for put in fields.get(_IRR_PUT, []):
+            out.append(("put", bytes(_one(_message(put), 1, b"")), None))
+        for deleted in fields.get(_IRR_DELETE_RANGE, []):
+            one = _message(deleted)
+            out.append(("delete", bytes(_one(one, 1, b"")), bytes(_one(one, 2, b"")) or None))
+        for txn in fields.get(_IRR_TXN, []):
+            _txn_writes(_message(txn), out)
+    except FormatError:
+        return None
+    return out
+
+
+def key_text(key: bytes, range_end: bytes | None = None) -> str:
+    """A key as UTF-8 text, bytes that are not UTF-8 as backslash escapes (\\xff); a range as
+    [key, range_end), [key, ...) for etcd's "every key from here" (range_end \\0)."""
+    text = bytes(key).decode("utf-8", "backslashreplace")
+    if range_end is None:
+        return text
+    if range_end == b"\0":
+        return "[%s, ...)" % text
+    return "[%s, %s)" % (text, bytes(range_end).decode("utf-8", "backslashreplace"))
+
+
 # ---------------------------------------------------------------------------- WAL
 MAX_RECORD_SIZE = 10 * 1024 * 1024  # etcd >= 3.4.10 maxWALEntrySizeLimit: a longer record is refused
 
@@ -349,10 +445,16 @@ class WalScan:
 
     feed(name, data, last) once per file, in order; `last` marks the newest file of the directory.
     full=False checks record CRCs only in the last file (each file's crc record restarts the chain).
+    keep_after (an index, e.g. the db's consistent_index) keeps in `kept` the (index, term, type,
+    data) of the entries ReadAll would return beyond min(keep_after, HardState commit): what the
+    db may not hold yet. It is pruned at every HardState record, as etcd's commit never goes back.
     """
 
-    def __init__(self, start_index: int = 0, start_term: int = 0, full: bool = True, read_from: int = 0) -> None:
+    def __init__(self, start_index: int = 0, start_term: int = 0, full: bool = True, read_from: int = 0,
+                 keep_after: int | None = None) -> None:
         self.start_index, self.start_term, self.full, self.read_from = start_index, start_term, full, read_from
+        self.keep_after = keep_after
+        self.kept: collections.deque[tuple[int, int, int, Bytes]] = collections.deque()
         self.last_index, self.last_term = start_index, start_term
         self.crc = 0
         self.crc_known = True
@@ -425,6 +527,8 @@ class WalScan:
             pos = body + length + pad
             facts["records"] += 1
             facts["end_offset"] = pos
+        # the kept entries outlive this file's buffer: copy them out of it
+        self.kept = collections.deque((i, t, e, bytes(d)) for i, t, e, d in self.kept)
 
     def _apply(self, name, pos, rtype, rcrc, rdata, facts):
         self.counts[RECORD_TYPES.get(rtype, "unknown")] = self.counts.get(RECORD_TYPES.get(rtype, "unknown"), 0) + 1
@@ -436,6 +540,10 @@ class WalScan:
             self.vse_state = parse_hard_state(rdata)
             if reading:
                 self.hard_state = self.vse_state
+                if self.keep_after is not None:
+                    floor = min(self.keep_after, self.hard_state["commit"])
+                    while self.kept and self.kept[0][0] <= floor:
+                        self.kept.popleft()
         elif rtype == RECORD_METADATA:
             if self.identity is None:
                 self.identity = parse_metadata(rdata)
@@ -479,7 +587,11 @@ class WalScan:
                 return
             if index <= self.last_index:
                 self.conf_changes = [c for c in self.conf_changes if c["index"] < index]
+                while self.kept and self.kept[-1][0] >= index:
+                    self.kept.pop()
             self.last_index, self.last_term = index, term
+            if self.keep_after is not None:
+                self.kept.append((index, term, etype, edata))
             if etype in (ENTRY_CONF_CHANGE, ENTRY_CONF_CHANGE_V2):
                 change = parse_conf_change(edata, etype)
                 change.update(index=index, term=term)

@@ -124,7 +124,8 @@ member:
         The member in the shape the recovery plan reads for every engine, with the same fields as
         M(quorum.recovery.dqlite_info)'s C(summary) (docs/member_summary.md): here C(cluster_key) is the cluster
         ID, C(current_term) and C(commit) come from the HardState, C(tie_break) is the applied index then the
-        db revision.
+        db revision. etcd only, C(unapplied) is RV(member.unapplied) without C(undecoded) (null when the WAL could
+        not be read).
       type: dict
       sample: {"engine": "etcd", "member_id": "8e9e05c52164694d", "cluster_key": "cdf818194e3a8c32", "last_term": 2}
     verdict:
@@ -145,6 +146,23 @@ member:
       type: dict
       sample: {"last_index": 1008, "last_term": 2, "hard_state": {"term": 2, "vote": 8961569967019832602,
                "commit": 1007}, "snapshot_index": 1001, "snapshot_term": 2}
+    unapplied:
+      description:
+        - What lies beyond what this member applied for sure, from its files alone (null when the WAL could
+          not be read).
+        - C(beyond_commit) counts the entries after the HardState commit, which C(etcd --force-new-cluster) drops
+          even when a client was told they succeeded; C(beyond_db) the entries after what the db holds (its
+          consistent_index, or the loaded snapshot), which a restore of the db alone loses.
+        - C(keys) lists up to 20 keys (sorted, unique) written or deleted by the entries after min(commit, db),
+          read from each entry's etcdserverpb.InternalRaftRequest (put, delete_range, both branches of a txn);
+          UTF-8 text with backslash escapes for other bytes; a deleted range is written C([key, range_end\)), or
+          C([key, ...\)) when it runs to the end of the keyspace. C(more_keys) counts the keys not listed.
+        - C(undecoded) counts the entries there that are no InternalRaftRequest (etcd 3.4 proposes some v2
+          requests, such as its member publish, bare).
+        - M(quorum.recovery.etcd_replay) builds a snapshot that keeps all of it.
+      type: dict
+      sample: {"beyond_commit": 45, "beyond_db": 55, "keys": ["/gone/a", "/k/00450", "[/range/, /range0)"],
+               "more_keys": 0, "undecoded": 1}
     snapshot_loaded:
       description: The C(.snap) etcd would load (file, term, index, conf_state with voters and learners), or null.
       type: dict
