@@ -1,8 +1,10 @@
-"""Command line of the lab: python3 -m lab {up,down,status,kill,partition,heal,readdress,corrupt,churn,exec}."""
+"""Command line of the lab: python3 -m lab {up,down,status,inventory,kill,power-off,partition,
+heal,readdress,corrupt,churn,exec}."""
 import argparse
 import json
 import sys
 
+from .base import ETCD_BIN_DIRS
 from .core import DEFAULT_STATE, DEFAULT_SUBNET, MAX_HOSTS, Lab, LabError
 
 
@@ -15,10 +17,15 @@ def main(argv=None) -> int:
     up.add_argument("-n", "--hosts", type=int, default=3, help="number of hosts, 1..%d" % MAX_HOSTS)
     up.add_argument("--keys", type=int, default=1000, help="keys to load into each cluster")
     up.add_argument("--etcd-snapshot-count", type=int, default=1000)
+    up.add_argument("--etcd-version", choices=sorted(ETCD_BIN_DIRS),
+                    help="etcd to run (env QRLAB_ETCD_VERSION; default 3.4, Debian's)")
+    up.add_argument("--etcd-tls", action=argparse.BooleanOptionalAction, default=None,
+                    help="etcd over https with client and peer certificates (env QRLAB_ETCD_TLS=1)")
     down = sub.add_parser("down", help="stop every lab process and remove namespaces, links, mounts")
     down.add_argument("--keep-state", action="store_true", help="keep the hosts' data directories")
     sub.add_parser("status", help="print the member table")
-    sub.add_parser("inventory", help="print the path of the Ansible inventory")
+    p = sub.add_parser("inventory", help="print the path of the Ansible inventory")
+    p.add_argument("--etcd", action="store_true", help="the inventory with the recover role's etcd variables")
     for name, helptext in (("kill", "SIGKILL one engine on a host (power loss)"),):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("host")
@@ -46,18 +53,21 @@ def main(argv=None) -> int:
     p.add_argument("argv", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
 
-    lab = Lab(args.state, args.subnet)
     try:
+        lab = Lab(args.state, args.subnet, etcd_version=getattr(args, "etcd_version", None),
+                  etcd_tls=getattr(args, "etcd_tls", None))
         if args.cmd == "up":
             lab.up(args.hosts, keys=args.keys, etcd_snapshot_count=args.etcd_snapshot_count)
             print(lab.table())
-            print("\ninventory: %s" % lab.inventory_path)
+            print("\netcd %s%s (%s)" % (lab.etcd_version, " with TLS" if lab.etcd_tls else "", lab.etcd_bin_dir))
+            print("inventory: %s" % lab.inventory_path)
+            print("etcd inventory: %s" % lab.etcd_inventory_path)
         elif args.cmd == "down":
             lab.down(keep_state=args.keep_state)
         elif args.cmd == "status":
             print(lab.table())
         elif args.cmd == "inventory":
-            print(lab.inventory_path)
+            print(lab.etcd_inventory_path if args.etcd else lab.inventory_path)
         elif args.cmd == "kill":
             lab.kill(lab.host(args.host), args.service)
         elif args.cmd == "power-off":

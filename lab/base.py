@@ -22,10 +22,20 @@ DEFAULT_SUBNET = os.environ.get("QRLAB_SUBNET", "10.254.77.0/24")
 BRIDGE = NAME + "0"
 MAX_HOSTS = 7
 
+# Engines the distribution does not ship in the wanted version are unpacked here
+# (scripts/get-etcd35), outside every host's private paths, so every host runs the same binaries.
+ENGINES_DIR = Path(os.environ.get("QR_ENGINES_DIR", "/var/lib/quorum-recovery-lab/engines"))
+# etcd versions the lab runs: where each one's etcd, etcdctl (and etcdutl) are
+ETCD_BIN_DIRS = {
+    "3.4": "/usr/bin",  # Debian 12's etcd-server and etcd-client
+    "3.5": str(ENGINES_DIR / "etcd-3.5.16" / "usr" / "bin"),  # Debian 13's, unpacked
+}
+
 ETCD_DIR = "/var/lib/etcd"
 DQLITE_DIR = "/var/snap/microk8s/current/var/kubernetes/backend"
 ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380
 DQLITE_DB_PORT, DQLITE_API_PORT = 9001, 8001
+PKI_DIR = "/etc/qrlab/pki"  # in the private /etc/qrlab: each host sees only its own keys
 
 # Paths every host sees as its own. Anything not listed here is shared by all hosts. An engine
 # that joins the lab adds its data directory here.
@@ -60,6 +70,7 @@ class Host:
     index: int
     address: str
     state: Path
+    etcd_tls: bool = False  # etcd serves https on this host (the lab's TLS mode)
 
     @property
     def netns(self) -> str:
@@ -90,8 +101,21 @@ class Host:
                        % (path, self.name))
 
     @property
+    def etcd_scheme(self) -> str:
+        return "https" if self.etcd_tls else "http"
+
+    @property
     def etcd_client_url(self) -> str:
-        return "http://%s:%d" % (self.address, ETCD_CLIENT_PORT)
+        return "%s://%s:%d" % (self.etcd_scheme, self.address, ETCD_CLIENT_PORT)
+
+    @property
+    def etcd_peer_url(self) -> str:
+        return "%s://%s:%d" % (self.etcd_scheme, self.address, ETCD_PEER_PORT)
+
+    @property
+    def etcd_local_client_url(self) -> str:
+        """The member's client URL on the host's loopback (etcd listens there too)."""
+        return "%s://127.0.0.1:%d" % (self.etcd_scheme, ETCD_CLIENT_PORT)
 
     @property
     def dqlite_address(self) -> str:

@@ -14,11 +14,12 @@ _write_host_configs(), _engine_data_moves() and client_target().
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from .base import (BRIDGE, DEFAULT_STATE, DEFAULT_SUBNET, DQLITE_DIR, ETCD_DIR, MAX_HOSTS, NAME,
                    PRIVATE_PATHS, Host, LabError, run)
 from .dqlite import DqliteEngine, expected_dqlite_voters
-from .etcd import EtcdEngine
+from .etcd import EtcdEngine, wanted_etcd_tls, wanted_etcd_version
 from .faults import Faults
 
 # the names scripts, benchmarks and tests import from lab.core since it was one file
@@ -32,20 +33,36 @@ class Lab(EtcdEngine, DqliteEngine, Faults):
     # services that hold engine data, in the order a host stops them
     ENGINE_SERVICES = ("dqlite", "etcd")
 
-    def up(self, count: int = 3, keys: int = 1000, etcd_snapshot_count: int = 1000) -> list[Host]:
+    def __init__(self, state: Path | str = DEFAULT_STATE, subnet: str = DEFAULT_SUBNET,
+                 etcd_version: str | None = None, etcd_tls: bool | None = None):
+        """etcd_version "3.4" or "3.5" (default: env QRLAB_ETCD_VERSION, else 3.4) and etcd_tls
+        (default: env QRLAB_ETCD_TLS=1) are what up() brings up; a lab that is up answers
+        Lab.etcd_version and Lab.etcd_tls with what it was brought up with."""
+        super().__init__(state, subnet)
+        self._etcd_version_wanted = wanted_etcd_version(etcd_version)
+        self._etcd_tls_wanted = wanted_etcd_tls(etcd_tls)
+
+    def up(self, count: int = 3, keys: int = 1000, etcd_snapshot_count: int = 1000,
+           etcd_version: str | None = None, etcd_tls: bool | None = None) -> list[Host]:
+        """Bring up `count` hosts with healthy etcd and dqlite clusters, `keys` keys in each.
+        etcd_version and etcd_tls default to what the Lab was made with."""
         if not 1 <= count <= MAX_HOSTS:
             raise LabError("host count must be 1..%d, got %d" % (MAX_HOSTS, count))
-        self._preflight(self.ETCD_TOOLS + self.DQLITE_TOOLS)
+        etcd_version = wanted_etcd_version(etcd_version or self._etcd_version_wanted)
+        etcd_tls = self._etcd_tls_wanted if etcd_tls is None else bool(etcd_tls)
+        self._preflight(self._etcd_tools(etcd_version) + self.DQLITE_TOOLS + (("openssl",) if etcd_tls else ()))
         self.down()  # whatever a crashed run left behind
-        hosts = self.hosts(count)
         self._record(hosts=count, subnet=str(self.subnet), created=[], up=False, addresses={},
-                     etcd_snapshot_count=etcd_snapshot_count)
+                     etcd_snapshot_count=etcd_snapshot_count, etcd_version=etcd_version, etcd_tls=etcd_tls)
+        hosts = self.hosts(count)
         try:
             self._make_dirs(hosts)
             for host in hosts:  # mount namespaces first, so none holds a netns mount
                 self._make_mount_ns(host)
             self._make_network(hosts)
             self._start_sshd(hosts)
+            if etcd_tls:
+                self._make_etcd_pki(hosts)
             self._write_host_configs(hosts)
             self.start_etcd(hosts)
             self.start_dqlite(hosts)
@@ -64,23 +81,35 @@ class Lab(EtcdEngine, DqliteEngine, Faults):
             self._write_etcd_service(host, hosts, etcd_snapshot_count)
             self._write_dqlite_service(host, hosts)
         self._write_inventory(hosts)
+        self._write_etcd_inventory(hosts)
 
     def _engine_data_moves(self, old: Host, new: Host) -> list:
         """(before, after) data directories that follow a host to its new address."""
         return [self._dqlite_moved_data(old, new)]
 
-    def _write_inventory(self, hosts: list[Host]) -> None:
-        import yaml  # controller side only
+    def _follow_new_address(self, host: Host) -> None:
+        """After readdress(): the host's certificates name its new address, and every service
+        definition and inventory names it too."""
+        if self.etcd_tls:
+            self._issue_etcd_host_certs(host)
+        self._write_host_configs(self.hosts())
 
-        ssh_args = " ".join(self.ssh_args()[2:])  # the key goes in its own variable
+    def _connection_vars(self) -> dict:
+        return {
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(self.ssh_key),
+            "ansible_ssh_args": " ".join(self.ssh_args()[2:]),  # the key goes in its own variable
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "qrlab_service": " ".join(self.service_cmd),
+            "qrlab_client": " ".join(self.client_cmd),
+        }
+
+    def _write_inventory(self, hosts: list[Host]) -> None:
+        """inventory.yml: every host in groups etcd and dqlite, the dqlite group carrying the
+        recover role's variables."""
         inventory = {"all": {
             "vars": {
-                "ansible_user": "root",
-                "ansible_ssh_private_key_file": str(self.ssh_key),
-                "ansible_ssh_args": ssh_args,
-                "ansible_python_interpreter": "/usr/bin/python3",
-                "qrlab_service": " ".join(self.service_cmd),
-                "qrlab_client": " ".join(self.client_cmd),
+                **self._connection_vars(),
                 "etcd_data_dir": ETCD_DIR,
                 "dqlite_dir": DQLITE_DIR,
             },
@@ -94,18 +123,40 @@ class Lab(EtcdEngine, DqliteEngine, Faults):
                 **self._dqlite_host_vars(h),
             } for h in hosts},
         }}
-        self.inventory_path.write_text("# written by the quorum.recovery lab; rewritten on every `up`\n"
-                                       + yaml.safe_dump(inventory, sort_keys=False))
+        self._write_yaml(self.inventory_path, inventory)
+
+    def _write_etcd_inventory(self, hosts: list[Host]) -> None:
+        """inventory-etcd.yml: the same hosts with the recover role's variables for etcd. A
+        second file, because group variables of two groups on the same hosts would collide."""
+        self._write_yaml(self.etcd_inventory_path, {"all": {
+            "vars": {**self._connection_vars(), "etcd_data_dir": ETCD_DIR},
+            "children": {"etcd": self._etcd_inventory_group(hosts)},
+            "hosts": {h.name: {"ansible_host": h.address, **self._etcd_host_vars(h)} for h in hosts},
+        }})
+
+    @staticmethod
+    def _write_yaml(path: Path, inventory: dict) -> None:
+        import yaml  # controller side only
+
+        path.write_text("# written by the quorum.recovery lab; rewritten on every `up`\n"
+                        + yaml.safe_dump(inventory, sort_keys=False))
 
     # ------------------------------------------------------------------- data
     def client_target(self, host: Host, engine: str) -> list[str]:
         """The qrlab-client arguments that point it at this host's member of an engine."""
-        return ["--endpoint", host.etcd_client_url] if engine == "etcd" else ["--api", host.dqlite_api]
+        if engine == "etcd":
+            return ["--endpoint", host.etcd_client_url,
+                    *[item for key, path in self.etcd_client_tls.items() for item in ("--" + key, path)]]
+        return ["--api", host.dqlite_api]
 
     def load_keys(self, host: Host, count: int, prefix: str = "key", start: int = 0, size: int = 32) -> None:
         for engine in ("etcd", "dqlite"):
             self.client(host, engine + "-put", *self.client_target(host, engine), "--prefix", prefix,
                         "--count", str(count), "--start", str(start), "--size", str(size))
+
+    def etcd_keys(self, host: Host, prefix: str) -> set[str]:
+        """The keys under `prefix` that the host's etcd member holds in its own store."""
+        return set(self.client(host, "etcd-keys", *self.client_target(host, "etcd"), "--prefix", prefix)["keys"])
 
     def check_keys(self, host: Host, engine: str, count: int, prefix: str = "key", start: int = 0,
                    size: int = 32) -> dict:

@@ -35,8 +35,13 @@ class Hosts:
         if count is None:
             count = recorded.get("hosts", 0)
         moved = recorded.get("addresses", {})  # hosts given a new address by readdress()
-        return [Host("h%d" % i, i, moved.get("h%d" % i, str(self.subnet.network_address + 10 + i)), self.state)
+        return [Host("h%d" % i, i, moved.get("h%d" % i, str(self.subnet.network_address + 10 + i)), self.state,
+                     **self._host_fields())
                 for i in range(1, count + 1)]
+
+    def _host_fields(self) -> dict:
+        """Host fields an engine sets from the lab's settings (say, etcd's TLS mode)."""
+        return {}
 
     def host(self, name: str) -> Host:
         for host in self.hosts():
