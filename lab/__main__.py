@@ -1,4 +1,4 @@
-"""Command line of the lab: python3 -m lab {up,down,status,inventory,kill,power-off,partition,
+"""Command line of the lab: python3 -m lab {up,down,status,inventory,kill,power-off,power-off-mid-writes,partition,
 heal,readdress,corrupt,churn,exec}."""
 import argparse
 import json
@@ -32,6 +32,11 @@ def main(argv=None) -> int:
         p.add_argument("service", choices=["etcd", "dqlite"])
     p = sub.add_parser("power-off", help="SIGKILL an engine on every host")
     p.add_argument("service", choices=["etcd", "dqlite"])
+    p = sub.add_parser("power-off-mid-writes", help="SIGKILL every etcd member at once while a writer on each "
+                       "host writes; print the acknowledged keys' count and the kills' spread")
+    p.add_argument("--seconds", type=float, default=2.0, help="how long the writers write first")
+    p.add_argument("--prefix", default="acked")
+    p.add_argument("--writers-per-host", type=int, default=1)
     for name in ("partition", "heal"):
         sub.add_parser(name, help="%s a host's link" % name).add_argument("host")
     p = sub.add_parser("readdress", help="give a host a new address (engines stopped on it first)")
@@ -72,6 +77,10 @@ def main(argv=None) -> int:
             lab.kill(lab.host(args.host), args.service)
         elif args.cmd == "power-off":
             lab.power_off(args.service)
+        elif args.cmd == "power-off-mid-writes":
+            result = lab.power_off_mid_writes("etcd", args.seconds, args.prefix, writers_per_host=args.writers_per_host)
+            print(json.dumps({"acknowledged": len(result["acknowledged"]), "kill_spread_ms": result["kill_spread_ms"],
+                              "writers": result["writers"]}))
         elif args.cmd == "partition":
             lab.partition(lab.host(args.host))
         elif args.cmd == "heal":

@@ -2,14 +2,33 @@
 and enough writes to make the engines cut snapshots and new log files."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
+import json
 import os
 import signal
+import subprocess
 import time
 
 from .base import Host, LabError, run
 from .hosts import Hosts
+
+
+@contextlib.contextmanager
+def _realtime_priority():
+    """Run the block at real-time priority (SCHED_FIFO), so that processes busy on every core
+    cannot preempt it; at the usual priority when the machine refuses."""
+    try:
+        before = os.sched_getscheduler(0), os.sched_getparam(0)
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(50))
+    except (AttributeError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        os.sched_setscheduler(0, before[0], before[1])
 
 
 class Faults(Hosts):
@@ -36,6 +55,72 @@ class Faults(Hosts):
         finally:
             writer.kill()
             writer.wait()
+
+    def power_off_mid_writes(self, engine: str = "etcd", seconds: float = 2.0, prefix: str = "acked",
+                             size: int = 200, writers_per_host: int = 1) -> dict:
+        """Power loss of every member of an engine while clients on every host write to it.
+
+        `writers_per_host` writers on each host (inside the host) put unique keys to the host's
+        own member and write down, fsynced, each key the engine acknowledged. After `seconds`,
+        every member is SIGKILLed in one quick loop from here, then the writers are ended.
+        Returns {"acknowledged": set of keys, "kill_spread_ms": time from the first kill to the
+        last, "writers": {writer: acknowledged and failed puts}}. Only etcd has such a writer."""
+        if engine != "etcd":
+            raise LabError("power_off_mid_writes has a writer for etcd only, not %r" % engine)
+        hosts = self.hosts()
+        writers = []
+        try:
+            for host in hosts:
+                for number in range(writers_per_host):
+                    name = "%s-%s-%d-" % (prefix, host.name, number)
+                    ack = "/var/tmp/qrlab-acks/%s.keys" % name.rstrip("-")
+                    host.real_path(ack).parent.mkdir(exist_ok=True)
+                    host.real_path(ack).unlink(missing_ok=True)
+                    proc = self.spawn(host, [*self.client_cmd, "etcd-ack-writer", *self.client_target(host, engine),
+                                             "--prefix", name, "--size", str(size), "--ack-file", ack],
+                                      stdout=subprocess.PIPE, text=True)
+                    writers.append((name, host, ack, proc))
+            time.sleep(seconds)
+            spread = self.kill_all_at_once(engine, hosts)
+        finally:
+            report = {}
+            for name, host, ack, proc in writers:
+                self.stop_spawned(proc, grace=10)
+                out = proc.stdout.read() if proc.stdout else ""
+                proc.stdout.close()
+                try:
+                    report[name] = json.loads(out.strip().splitlines()[-1])
+                except (ValueError, IndexError):
+                    report[name] = {"error": "no report (exit %s)" % proc.returncode}
+        acknowledged = set()
+        for name, host, ack, proc in writers:
+            text = host.real_path(ack).read_text() if host.real_path(ack).exists() else ""
+            acknowledged.update(line for line in text.split("\n")[:-1] if line)  # a last line without \n is torn
+        return {"acknowledged": acknowledged, "kill_spread_ms": spread * 1000, "writers": report}
+
+    def kill_all_at_once(self, service: str, hosts: list[Host] | None = None) -> float:
+        """SIGKILL the service on every host within as short a time as this machine allows: the
+        PIDs are read first, then killed in one loop. Returns the seconds from first to last kill."""
+        pids = []
+        lab_pids = set(self.lab_processes())
+        for host in hosts or self.hosts():
+            pid_file = host.private("run") / "qrlab" / (service + ".pid")
+            try:
+                pid = int(pid_file.read_text().strip())
+            except (OSError, ValueError):
+                raise LabError("%s is not running on %s (no pid file)" % (service, host.name))
+            if pid not in lab_pids or not self._alive(pid):
+                raise LabError("%s (pid %d) is not running on %s" % (service, pid, host.name))
+            pids.append((host, pid_file, pid))
+        times = []
+        with _realtime_priority():  # the busy members must not delay the kills between them
+            for _host, _pid_file, pid in pids:
+                os.kill(pid, signal.SIGKILL)
+                times.append(time.perf_counter())
+        for host, pid_file, pid in pids:
+            self._wait(lambda p=pid: not self._alive(p), 10, "%s (pid %d) on %s to die" % (service, pid, host.name))
+            pid_file.unlink(missing_ok=True)  # as the service script's own kill does
+        return times[-1] - times[0]
 
     def readdress(self, host: Host, new_address: str) -> Host:
         """The host's address changes, as when a machine moves to another network or DHCP hands
@@ -81,7 +166,7 @@ class Faults(Hosts):
         for before, after in data_moves:
             if before.exists():
                 before.rename(after)
-        self._write_host_configs(self.hosts())
+        self._follow_new_address(new)
         return new
 
     def partition(self, host: Host) -> None:
