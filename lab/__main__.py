@@ -1,8 +1,10 @@
-"""Command line of the lab: python3 -m lab {up,down,status,kill,partition,heal,readdress,corrupt,churn,exec}."""
+"""Command line of the lab: python3 -m lab {up,down,status,inventory,kill,power-off,power-off-mid-writes,partition,
+heal,readdress,corrupt,churn,exec}."""
 import argparse
 import json
 import sys
 
+from .base import ETCD_BIN_DIRS
 from .core import DEFAULT_STATE, DEFAULT_SUBNET, MAX_HOSTS, Lab, LabError
 
 
@@ -15,16 +17,26 @@ def main(argv=None) -> int:
     up.add_argument("-n", "--hosts", type=int, default=3, help="number of hosts, 1..%d" % MAX_HOSTS)
     up.add_argument("--keys", type=int, default=1000, help="keys to load into each cluster")
     up.add_argument("--etcd-snapshot-count", type=int, default=1000)
+    up.add_argument("--etcd-version", choices=sorted(ETCD_BIN_DIRS),
+                    help="etcd to run (env QRLAB_ETCD_VERSION; default 3.4, Debian's)")
+    up.add_argument("--etcd-tls", action=argparse.BooleanOptionalAction, default=None,
+                    help="etcd over https with client and peer certificates (env QRLAB_ETCD_TLS=1)")
     down = sub.add_parser("down", help="stop every lab process and remove namespaces, links, mounts")
     down.add_argument("--keep-state", action="store_true", help="keep the hosts' data directories")
     sub.add_parser("status", help="print the member table")
-    sub.add_parser("inventory", help="print the path of the Ansible inventory")
+    p = sub.add_parser("inventory", help="print the path of the Ansible inventory")
+    p.add_argument("--etcd", action="store_true", help="the inventory with the recover role's etcd variables")
     for name, helptext in (("kill", "SIGKILL one engine on a host (power loss)"),):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("host")
         p.add_argument("service", choices=["etcd", "dqlite"])
     p = sub.add_parser("power-off", help="SIGKILL an engine on every host")
     p.add_argument("service", choices=["etcd", "dqlite"])
+    p = sub.add_parser("power-off-mid-writes", help="SIGKILL every etcd member at once while a writer on each "
+                       "host writes; print the acknowledged keys' count and the kills' spread")
+    p.add_argument("--seconds", type=float, default=2.0, help="how long the writers write first")
+    p.add_argument("--prefix", default="acked")
+    p.add_argument("--writers-per-host", type=int, default=1)
     for name in ("partition", "heal"):
         sub.add_parser(name, help="%s a host's link" % name).add_argument("host")
     p = sub.add_parser("readdress", help="give a host a new address (engines stopped on it first)")
@@ -46,22 +58,29 @@ def main(argv=None) -> int:
     p.add_argument("argv", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
 
-    lab = Lab(args.state, args.subnet)
     try:
+        lab = Lab(args.state, args.subnet, etcd_version=getattr(args, "etcd_version", None),
+                  etcd_tls=getattr(args, "etcd_tls", None))
         if args.cmd == "up":
             lab.up(args.hosts, keys=args.keys, etcd_snapshot_count=args.etcd_snapshot_count)
             print(lab.table())
-            print("\ninventory: %s" % lab.inventory_path)
+            print("\netcd %s%s (%s)" % (lab.etcd_version, " with TLS" if lab.etcd_tls else "", lab.etcd_bin_dir))
+            print("inventory: %s" % lab.inventory_path)
+            print("etcd inventory: %s" % lab.etcd_inventory_path)
         elif args.cmd == "down":
             lab.down(keep_state=args.keep_state)
         elif args.cmd == "status":
             print(lab.table())
         elif args.cmd == "inventory":
-            print(lab.inventory_path)
+            print(lab.etcd_inventory_path if args.etcd else lab.inventory_path)
         elif args.cmd == "kill":
             lab.kill(lab.host(args.host), args.service)
         elif args.cmd == "power-off":
             lab.power_off(args.service)
+        elif args.cmd == "power-off-mid-writes":
+            result = lab.power_off_mid_writes("etcd", args.seconds, args.prefix, writers_per_host=args.writers_per_host)
+            print(json.dumps({"acknowledged": len(result["acknowledged"]), "kill_spread_ms": result["kill_spread_ms"],
+                              "writers": result["writers"]}))
         elif args.cmd == "partition":
             lab.partition(lab.host(args.host))
         elif args.cmd == "heal":

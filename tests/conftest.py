@@ -40,10 +40,23 @@ def json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
+def etcd_variant(variant: str | None) -> tuple[str | None, bool | None]:
+    """"3.5+tls" -> ("3.5", True); "3.4" -> ("3.4", False); None -> the environment's (None, None)."""
+    if not variant:
+        return None, None
+    version, _sep, tls = variant.partition("+")
+    return version, tls == "tls"
+
+
 @pytest.fixture(scope="module")
-def lab():
-    """A fresh 3-host lab per test module, always taken down, even when a test fails."""
-    the_lab = Lab()
+def lab(request):
+    """A fresh 3-host lab per test module, always taken down, even when a test fails.
+
+    Its etcd is the one QRLAB_ETCD_VERSION and QRLAB_ETCD_TLS ask for (default 3.4, no TLS);
+    a test parametrized indirectly with a variant such as "3.5" or "3.5+tls" gets a lab of its
+    own with that etcd (the module's other lab is taken down first: one lab at a time)."""
+    version, tls = etcd_variant(getattr(request, "param", None))
+    the_lab = Lab(etcd_version=version, etcd_tls=tls)
     try:
         the_lab.up(3, keys=1000)
         yield the_lab

@@ -3,22 +3,38 @@
 Runs inside a lab host's namespaces (the lab enters them with nsenter), talks only to
 addresses of that host's network namespace, and prints one JSON object.
 
-  qrlab-client etcd-put    --endpoint URL --prefix P --count N [--start I] [--size S]
-  qrlab-client etcd-check  --endpoint URL --prefix P --count N [--start I] [--size S]
+  qrlab-client etcd-put    --endpoint URL --prefix P --count N [--start I] [--size S] [TLS]
+  qrlab-client etcd-check  --endpoint URL --prefix P --count N [--start I] [--size S] [TLS]
+  qrlab-client etcd-keys   --endpoint URL --prefix P [TLS]
+  qrlab-client etcd-ack-writer --endpoint URL --prefix P --ack-file F [--size S] [--seconds T] [TLS]
   qrlab-client dqlite-put  --api HOST:PORT --prefix P --count N [--start I] [--size S]
   qrlab-client dqlite-check --api HOST:PORT --prefix P --count N [--start I] [--size S]
+
+TLS is --cacert FILE --cert FILE --key FILE: an https endpoint is verified against the CA and
+given the client certificate. etcd is reached through its gRPC gateway (JSON over HTTP at
+/v3/kv/...), the same path in 3.4 and 3.5.
 
 The value of key P<i> is a pure function of the key and the size, so a check knows exactly
 what every member must return. etcd reads are serializable: each member answers from its own
 store, so a check proves that member holds the data.
+
+etcd-ack-writer puts P<i> for i = 0, 1, ... until it is ended (or --seconds pass), on one
+kept-alive connection, and appends each key to the ack file, flushed and fsynced, only after
+etcd acknowledged its put. A put that failed (the member gone, say) is not written down and
+the writer goes on with the next key, so the file holds exactly the acknowledged keys.
 """
 import argparse
 import base64
+import http.client
 import json
+import os
 import random
+import signal
+import ssl
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 
@@ -27,10 +43,20 @@ def value_for(key, size):
     return (unit * (size // len(unit) + 1))[:size]
 
 
+TLS = {}  # ssl context for https endpoints, set by main() from --cacert/--cert/--key
+
+
+def tls_context(cacert, cert, key):
+    context = ssl.create_default_context(cafile=cacert)
+    if cert:
+        context.load_cert_chain(cert, key)
+    return context
+
+
 def _post(url, body, timeout=10.0):
     req = urllib.request.Request(url, data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
+    with urllib.request.urlopen(req, timeout=timeout, context=TLS.get("context")) as resp:
         return json.loads(resp.read())
 
 
@@ -59,6 +85,57 @@ def etcd_check(args):
             break
         key = base64.b64decode(kvs[-1]["key"]) + b"\0"
     return _compare(args, found)
+
+
+def etcd_keys(args):
+    """Every key under the prefix that this member holds (serializable: its own store)."""
+    prefix = args.prefix.encode()
+    range_end = prefix[:-1] + bytes([prefix[-1] + 1])
+    keys, key = [], prefix
+    while True:
+        reply = _post(args.endpoint + "/v3/kv/range", {"key": _b64(key), "range_end": _b64(range_end),
+                                                       "serializable": True, "keys_only": True, "limit": 5000})
+        kvs = reply.get("kvs", [])
+        keys.extend(base64.b64decode(kv["key"]).decode() for kv in kvs)
+        if not reply.get("more"):
+            return {"keys": keys}
+        key = base64.b64decode(kvs[-1]["key"]) + b"\0"
+
+
+def etcd_ack_writer(args):
+    url = urllib.parse.urlsplit(args.endpoint)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    deadline = time.monotonic() + args.seconds if args.seconds else None
+    conn, acknowledged, failed, i = None, 0, 0, 0
+    with open(args.ack_file, "a") as acks:
+        while not stop and (deadline is None or time.monotonic() < deadline):
+            key = "%s%06d" % (args.prefix, i)
+            i += 1
+            body = json.dumps({"key": _b64(key), "value": _b64(value_for(key, args.size))}).encode()
+            try:
+                if conn is None:
+                    if url.scheme == "https":
+                        conn = http.client.HTTPSConnection(url.hostname, url.port, timeout=5, context=TLS["context"])
+                    else:
+                        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=5)
+                conn.request("POST", "/v3/kv/put", body, {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                reply = json.loads(resp.read())
+                if resp.status != 200 or "header" not in reply:
+                    raise RuntimeError("put %s: HTTP %d %s" % (key, resp.status, reply))
+            except (OSError, ValueError, RuntimeError, http.client.HTTPException):
+                failed += 1
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                time.sleep(0.01)
+                continue
+            acks.write(key + "\n")
+            acks.flush()
+            os.fsync(acks.fileno())
+            acknowledged += 1
+    return {"acknowledged": acknowledged, "failed": failed}
 
 
 def _compare(args, found):
@@ -113,8 +190,13 @@ def dqlite_check(args):
 
 def main(argv):
     parser = argparse.ArgumentParser(prog="qrlab-client")
-    parser.add_argument("action", choices=["etcd-put", "etcd-check", "dqlite-put", "dqlite-check"])
+    parser.add_argument("action", choices=["etcd-put", "etcd-check", "etcd-keys", "etcd-ack-writer", "dqlite-put", "dqlite-check"])
     parser.add_argument("--endpoint", default="http://127.0.0.1:2379")
+    parser.add_argument("--cacert")
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    parser.add_argument("--ack-file")
+    parser.add_argument("--seconds", type=float, default=0, help="etcd-ack-writer: stop after this long (0: when ended)")
     parser.add_argument("--api")
     parser.add_argument("--prefix", default="key")
     parser.add_argument("--count", type=int, default=1000)
@@ -123,7 +205,11 @@ def main(argv):
     args = parser.parse_args(argv)
     if args.action.startswith("dqlite") and not args.api:
         parser.error("--api is required for %s" % args.action)
-    action = {"etcd-put": etcd_put, "etcd-check": etcd_check,
+    if args.action == "etcd-ack-writer" and not args.ack_file:
+        parser.error("--ack-file is required for etcd-ack-writer")
+    if args.endpoint.startswith("https:") or args.cacert:
+        TLS["context"] = tls_context(args.cacert, args.cert, args.key)
+    action = {"etcd-put": etcd_put, "etcd-check": etcd_check, "etcd-keys": etcd_keys, "etcd-ack-writer": etcd_ack_writer,
               "dqlite-put": dqlite_put, "dqlite-check": dqlite_check}[args.action]
     try:
         result = action(args)

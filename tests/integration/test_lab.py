@@ -1,11 +1,15 @@
 """The lab is real: SSH, private directories, etcd and dqlite clusters, data, and faults."""
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
 
-from conftest import REPO, run_ansible
+import pytest
+import yaml
+
+from conftest import REPO, etcd_variant, run_ansible
 
 PRIVATE_DIRS = ["/var/lib/etcd", "/var/snap/microk8s/current/var/kubernetes/backend", "/run", "/etc/qrlab",
                 "/root", "/tmp", "/var/tmp", "/var/backups"]
@@ -125,3 +129,61 @@ def test_enough_writes_make_snapshots_and_new_wal_files(lab):
     for host in lab.hosts():
         for meta in host.real_path(host.dqlite_data_dir).glob("snapshot-*.meta"):
             assert meta.with_suffix("").exists()  # each .meta has its data file
+
+
+# ------------------------------------------------------------------ etcd versions and TLS
+ETCD_VARIANTS = ["3.4", "3.4+tls", "3.5", "3.5+tls"]
+_NO_CERT_PROBE = """
+import ssl, sys, urllib.request
+context = ssl.create_default_context(cafile=sys.argv[2])
+try:
+    urllib.request.urlopen(sys.argv[1] + "/v3/kv/range", data=b'{"key": "a2V5"}', timeout=5, context=context)
+except Exception as exc:  # refused: print why
+    print(type(exc).__name__, exc)
+    sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("lab", ETCD_VARIANTS, indirect=True)
+def test_etcd_variant_is_healthy_in_the_version_asked_for(lab, request):
+    version, tls = etcd_variant(request.node.callspec.params["lab"])
+    assert (lab.etcd_version, lab.etcd_tls) == (version, tls)
+    assert lab.etcd_bin_dir == ("/usr/bin" if version == "3.4" else "/var/lib/quorum-recovery-lab/engines/etcd-3.5.16/usr/bin")
+    hosts = lab.hosts()
+    for host in hosts:
+        health = lab.etcd_health(host)
+        assert health["health"] is True, (host.name, health)
+        assert health["endpoint"] == "%s://%s:2379" % ("https" if tls else "http", host.address)
+        assert lab.etcd_status(host)["version"].startswith(version + "."), host.name
+        assert lab.check_keys(host, "etcd", 1000)["ok"], host.name  # loaded and read by the lab client
+        argv = json.loads(host.private("etc").joinpath("services/etcd.json").read_text())["argv"]
+        assert argv[0] == lab.etcd_bin_dir + "/etcd"
+        assert ("--client-cert-auth" in argv and "--peer-client-cert-auth" in argv) == tls
+    assert "etcdctl version: %s." % version in lab.etcdctl(hosts[0], "version").stdout
+    assert sorted(m["name"] for m in lab.etcd_members(hosts[0])) == [h.name for h in hosts]
+
+    group = yaml.safe_load(lab.etcd_inventory_path.read_text())["all"]["children"]["etcd"]["vars"]
+    assert group["recover_etcd_bin_dir"] == lab.etcd_bin_dir
+    assert group["recover_client_url"] == ("https" if tls else "http") + "://127.0.0.1:2379"
+    assert group["recover_etcd_tls"] == lab.etcd_client_tls and bool(group["recover_etcd_tls"]) == tls
+    for path in group["recover_etcd_tls"].values():
+        assert all(h.real_path(path).is_file() for h in hosts), path
+    status = group["recover_service_commands"]["status"].split()
+    assert lab.exec(hosts[0], status, check=False).returncode == 0
+    if tls:  # a client without a certificate is turned away, on every host
+        for host in hosts:
+            probe = lab.exec(host, ["python3", "-c", _NO_CERT_PROBE, host.etcd_client_url, "/etc/qrlab/pki/ca.crt"],
+                             check=False)
+            assert probe.returncode == 1, (host.name, probe.stdout, probe.stderr)
+
+
+@pytest.mark.parametrize("lab", ETCD_VARIANTS, indirect=True)
+def test_etcd_variant_power_cut_under_concurrent_writers(lab):
+    hosts = lab.hosts()
+    result = lab.power_off_mid_writes("etcd", seconds=2.0, prefix="acked")
+    assert result["kill_spread_ms"] < 50, result["kill_spread_ms"]
+    assert all(w.get("acknowledged", 0) > 0 for w in result["writers"].values()), result["writers"]
+    assert len(result["writers"]) == len(hosts)
+    assert all(lab.service(h, "etcd", "status", check=False).returncode == 3 for h in hosts)
+    lab.start_etcd(hosts)  # etcd acknowledged a put only once it was on disk: none is lost
+    assert not result["acknowledged"] - lab.etcd_keys(hosts[0], "acked")
