@@ -118,7 +118,9 @@ def inspect_datadir(path: str, depth: str = "full", key_limit: int = 20) -> dict
     result["log"] = {
         "last_index": wal["last_index"] if read else None, "last_term": wal["last_term"] if read else None,
         "hard_state": wal["hard_state"] if read else None,
-        "snapshot_index": loaded["index"] if loaded else 0, "snapshot_term": loaded["term"] if loaded else 0}
+        "snapshot_index": loaded["index"] if loaded else 0, "snapshot_term": loaded["term"] if loaded else 0,
+        "terms": wal["terms"] if read else None,
+        "last_entry_sha256": wal["last_entry_sha256"] if read else None}
     result["unapplied"] = unapplied(scan, loaded["index"] if loaded else 0, keep_after, key_limit) if read else None
     _backend_problems(db, snap_names, loaded, problems)
     result["membership"] = _membership(loaded, wal, db, problems)
@@ -489,7 +491,16 @@ def _membership(loaded, wal, db, problems):
 def _cross_checks(result, wal, db, problems):
     members = {m["id"] for m in result["membership"]["voters"] + result["membership"]["learners"]}
     db_members = set(result["membership"]["db_members"]) | set((db or {}).get("members_removed") or [])
-    if members and db_members and not members & db_members:
+    fresh = result["log"]["last_index"] is not None and result["log"]["last_index"] <= len(members)
+    if members and db_members and not members & db_members and fresh:
+        # `snapshot restore` writes one conf change per member and leaves the snapshot's member
+        # list in the db (3.4) until the first start applies them: a just-restored member
+        problems.append(_problem(
+            INFO, "member/snap/db", "the db still lists the snapshot's members %s; the log (%d entries, one per new "
+            "member) names %s: a freshly restored member" % (", ".join(sorted(db_members)),
+                                                             result["log"]["last_index"], ", ".join(sorted(members))),
+            "start and apply its new membership", "nothing", "none needed"))
+    elif members and db_members and not members & db_members:
         problems.append(_problem(
             ERROR, "member/snap/db", "the db lists members %s, none of which is in this member's log membership %s: "
             "the db belongs to another cluster" % (", ".join(sorted(db_members)), ", ".join(sorted(members))),
@@ -555,7 +566,8 @@ def summary(result: dict) -> dict:
     found = member.summary(
         "etcd", result, member_id=result.get("member_id"), cluster_key=result.get("cluster_id"),
         address=own.get("address") or None, address_source="membership" if own else None, voters=voters,
-        current_term=hard.get("term"), commit=hard.get("commit"), tie_break=(applied, result.get("revision") or 0))
+        current_term=hard.get("term"), commit=hard.get("commit"), tie_break=(applied, result.get("revision") or 0),
+        terms=log.get("terms"))
     # etcd only: what a restore from this member's db alone, or --force-new-cluster, would lose
     beyond = result.get("unapplied")
     found["unapplied"] = None if beyond is None else {

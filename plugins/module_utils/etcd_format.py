@@ -20,6 +20,7 @@ walpb, snappb, raftpb and etcdserverpb protobufs):
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import re
 import struct
@@ -468,6 +469,9 @@ class WalScan:
         self.snapshots: list[dict[str, Any]] = []
         self.conf_changes: list[dict[str, Any]] = []
         self.snapshot_matched = False
+        # [term, first index] of each term after the start, and the last entry (for its digest)
+        self.terms: list[list[int]] = []
+        self.last_entry: tuple[int, int, int, Bytes] | None = None
         self.error: dict[str, Any] | None = None
         self.read_error: dict[str, Any] | None = None
         self.files: list[dict[str, Any]] = []
@@ -590,6 +594,11 @@ class WalScan:
                 while self.kept and self.kept[-1][0] >= index:
                     self.kept.pop()
             self.last_index, self.last_term = index, term
+            while self.terms and self.terms[-1][1] >= index:
+                self.terms.pop()
+            if not self.terms or self.terms[-1][0] != term:
+                self.terms.append([term, index])
+            self.last_entry = (index, term, etype, edata)
             if self.keep_after is not None:
                 self.kept.append((index, term, etype, edata))
             if etype in (ENTRY_CONF_CHANGE, ENTRY_CONF_CHANGE_V2):
@@ -614,8 +623,17 @@ class WalScan:
         commit = (self.vse_state or {}).get("commit", 0)
         return {(s["index"], s["term"]) for s in self.snapshots if s["index"] <= commit}
 
+    def last_entry_sha256(self) -> str | None:
+        """A digest of the last entry (term, type, data): equal on two members when their logs end
+        with the same entry, so the plan can tell "same end" from "same position"."""
+        if self.last_entry is None or self.last_entry[0] != self.last_index:
+            return None  # the log ends at a snapshot, not at an entry
+        _index, term, etype, edata = self.last_entry
+        return hashlib.sha256(struct.pack("<QB", term, etype) + bytes(edata)).hexdigest()
+
     def result(self) -> dict[str, Any]:
         return {"last_index": self.last_index, "last_term": self.last_term, "hard_state": self.hard_state,
+                "terms": [list(t) for t in self.terms], "last_entry_sha256": self.last_entry_sha256(),
                 "metadata": self.metadata or self.identity, "snapshots": self.snapshots,
                 "conf_changes": self.conf_changes, "snapshot_matched": self.snapshot_matched, "error": self.error,
                 "read_error": self.read_error, "files": self.files, "record_counts": self.counts}

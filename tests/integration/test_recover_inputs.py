@@ -75,7 +75,8 @@ BAD_INPUTS = [
     # (id, extra vars, what the message must contain: a string, or a tuple of strings)
     ("unknown-flavor", dict(CONFIRM, recover_flavor="nope"), "recover_flavor=nope"),
     ("lxd-is-inspect-only", dict(CONFIRM, recover_flavor="lxd"), "recover_flavor=lxd"),
-    ("engine-etcd", dict(CONFIRM, recover_engine="etcd"), "recover_engine=etcd"),
+    ("engine-unknown", dict(CONFIRM, recover_engine="consul", recover_group="dqlite"),
+     "recover_engine=consul: this role recovers dqlite and etcd clusters"),
     ("lost-not-in-inventory", dict(CONFIRM, recover_lost=["h9"]), "recover_lost="),
     ("all-lost", dict(CONFIRM, recover_lost=["h1", "h2", "h3"]), "declares every member of dqlite lost"),
     ("winner-not-a-member", dict(CONFIRM, recover_winner="h9"), "recover_winner=h9"),
@@ -121,7 +122,7 @@ BAD_INPUTS = [
      "argument 'recover_reach_timeout' is of type str and we were unable to convert to int: \"'soon'\""),
     # the flavors a recovery can use, in one message (not a second one about LXD)
     ("unknown-flavor-one-message", dict(CONFIRM, recover_flavor="microk9s"),
-     "recover_flavor=microk9s: unknown flavor; choose one of go-dqlite-app, microk8s, k8s-snap, microcluster"),
+     "recover_flavor=microk9s: unknown flavor of dqlite; choose one of go-dqlite-app, microk8s, k8s-snap, microcluster"),
     # the flavor's tools, looked for on every member before the stop: microk8s's shell and TLS
     # files are not in the lab
     ("flavor-tools-missing", dict(CONFIRM, recover_flavor="microk8s"),
