@@ -110,6 +110,7 @@ def test_replay_keeps_every_entry_that_force_new_cluster_drops(member, inventory
     args = dict(path=data, dest=out / "replayed.db", expected_last_index=last, bin_dir=ENGINES[version])
     ok, dry = replay(inventory, check=True, **args)
     assert ok and dry["changed"] is True and dry["sha256"] is None, dry
+    assert "commit %d" % last in dry["msg"] and "keep the %d entries" % (last - commit) in dry["msg"]
     assert (dry["last_index"], dry["commit_before"], dry["beyond_commit"]) == (last, commit, last - commit)
     assert not out.exists(), "check mode wrote something"
 
