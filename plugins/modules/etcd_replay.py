@@ -339,8 +339,9 @@ def _replay(module, facts, progress, seconds):
                   "appended": {k: appended[k] for k in ("file", "offset", "frame_size", "zeroed", "hard_state")}}
     except (RuntimeError, OSError, FormatError, ValueError, KeyError) as exc:
         tail = etcd.log_tail() if etcd else None
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for leftover in (tmp, tmp + ".part"):  # etcdctl snapshot save writes NAME.part, then renames it
+            if os.path.exists(leftover):
+                os.unlink(leftover)
         raise Refused("replay of %s failed: %s" % (p["path"], exc), **({"log_tail": tail} if tail else {}))
     finally:
         started = time.monotonic()
