@@ -185,6 +185,10 @@ isolated:
   description: True when the scratch etcd ran in a network namespace of its own (null in check mode).
   returned: always
   type: bool
+msg:
+  description: In check mode, what the module would do.
+  returned: in check mode, when a replay would run
+  type: str
 already_done:
   description: True when O(dest) and its manifest already held this replay, so nothing was started.
   returned: always
@@ -335,8 +339,9 @@ def _replay(module, facts, progress, seconds):
                   "appended": {k: appended[k] for k in ("file", "offset", "frame_size", "zeroed", "hard_state")}}
     except (RuntimeError, OSError, FormatError, ValueError, KeyError) as exc:
         tail = etcd.log_tail() if etcd else None
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for leftover in (tmp, tmp + ".part"):  # etcdctl snapshot save writes NAME.part, then renames it
+            if os.path.exists(leftover):
+                os.unlink(leftover)
         raise Refused("replay of %s failed: %s" % (p["path"], exc), **({"log_tail": tail} if tail else {}))
     finally:
         started = time.monotonic()
@@ -383,6 +388,10 @@ def run(module, progress):
     result = dict(positions, dest=dest, manifest=manifest_path, already_done=False, changed=True, sha256=None,
                   size=None, revision=None, key_count=None, applied_index=None, etcd_version=None, isolated=None)
     if module.check_mode:
+        result["msg"] = ("would copy %s/member, append a HardState with commit %d (the member has %s) to the copy, "
+                         "start etcd --force-new-cluster on it alone, keep the %s entries beyond the commit, and save "
+                         "the snapshot to %s" % (path, expected, positions["commit_before"],
+                                                 positions["beyond_commit"], dest))
         return result
     seconds: dict = {}
     tmp, made = _replay(module, facts, progress, seconds)

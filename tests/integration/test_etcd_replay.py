@@ -110,6 +110,7 @@ def test_replay_keeps_every_entry_that_force_new_cluster_drops(member, inventory
     args = dict(path=data, dest=out / "replayed.db", expected_last_index=last, bin_dir=ENGINES[version])
     ok, dry = replay(inventory, check=True, **args)
     assert ok and dry["changed"] is True and dry["sha256"] is None, dry
+    assert "commit %d" % last in dry["msg"] and "keep the %d entries" % (last - commit) in dry["msg"]
     assert (dry["last_index"], dry["commit_before"], dry["beyond_commit"]) == (last, commit, last - commit)
     assert not out.exists(), "check mode wrote something"
 
@@ -190,3 +191,29 @@ def test_replay_on_loopback_ports_without_a_namespace(member, inventory, tmp_pat
     assert ok and done["isolated"] is False and done["key_count"] == len(member["expected"]), done
     restored, _status = _restore_and_read(member, out / "replayed.db", tmp_path / "restored")
     assert restored == member["expected"]
+
+
+def test_a_failing_or_hanging_scratch_etcd_is_stopped_and_its_copy_removed(member, inventory, tmp_path):
+    """An etcd that dies at once, and one that never serves: the module fails with the log's tail,
+    ends the process by its PID, and leaves no scratch copy, temporary snapshot or manifest."""
+    real = ENGINES[member["version"]]
+    for case, body, timeout in (("dies", 'echo "boom: cannot start" >&2; exit 3', 30),
+                                ("hangs", 'echo $$ > "%s"; exec sleep 600' % (tmp_path / "hangs.pid"), 3)):
+        bin_dir = tmp_path / case
+        bin_dir.mkdir()
+        (bin_dir / "etcd").write_text("#!/bin/sh\n%s\n" % body)
+        (bin_dir / "etcd").chmod(0o755)
+        (bin_dir / "etcdctl").symlink_to(real / "etcdctl")
+        out = tmp_path / ("out-" + case)
+        started = time.monotonic()
+        ok, failed = replay(inventory, path=member["data"], dest=out / "replayed.db", bin_dir=bin_dir,
+                            expected_last_index=member["last_index"], timeout=timeout)
+        assert not ok and "replay of %s failed" % member["data"] in failed["msg"], failed
+        assert os.listdir(out) == [], "left behind: %s" % os.listdir(out)
+        if case == "dies":
+            assert "exited with code 3" in failed["msg"] and any("boom" in line for line in failed["log_tail"])
+        else:
+            assert "did not serve" in failed["msg"] and time.monotonic() - started < 60
+            pid = int((tmp_path / "hangs.pid").read_text())
+            assert not os.path.exists("/proc/%d" % pid) or "sleep" not in open("/proc/%d/cmdline" % pid).read(), \
+                "the hanging etcd (pid %d) was not stopped" % pid
