@@ -46,8 +46,8 @@ def segment_name(first: int, last: int) -> str:
     return "%016d-%016d" % (first, last)
 
 
-def source(winner: str, summary: dict, position: tuple) -> dict:
-    """The reconfigure: ONCE on the winner, appending one entry after its last index."""
+def source(winner: str, summary: dict, position: tuple, options: dict | None = None) -> dict:
+    """The reconfigure: ONCE on the winner, appending one entry after its last index (no options)."""
     last_index = position[1]
     return {"host": winner, "step": "reconfigure", "expected_last_index": last_index,
             "segment": segment_name(last_index + 1, last_index + 1)}

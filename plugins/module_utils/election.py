@@ -206,11 +206,12 @@ def _loss_if_chosen(host, members, chosen):
 
 def make_plan(engine: str, members: dict, lost: Iterable = (), winner: str | None = None,
               addresses: dict | None = None, hosts: dict | None = None, max_voters: int = 3,
-              allow_repairs: bool = True, accept_loss: bool = False) -> dict:
+              allow_repairs: bool = True, accept_loss: bool = False, source_options: dict | None = None) -> dict:
     """Plan a recovery. members: {host: summary}; lost: declared lost members (inventory names,
     addresses, IDs or names); winner: an operator override; addresses: {host: new address};
     hosts: {host: configured address}; allow_repairs=False on the pass after the repairs (a
-    member still needing one is then refused). Raises PlanRefused with every reason at once."""
+    member still needing one is then refused); source_options: the engine's choices for the
+    restore source (etcd: raw_db). Raises PlanRefused with every reason at once."""
     hooks = ENGINES[engine]
     addresses, hosts = dict(addresses or {}), dict(hosts or {})
     members = {h: dict(s or {}) for h, s in members.items()}
@@ -364,7 +365,9 @@ def make_plan(engine: str, members: dict, lost: Iterable = (), winner: str | Non
         if name:
             entry["name"] = name
     lost_members = [{"id": v["id"], "address": v["address"]} for v in voters_of_winner.values() if v["id"] not in by_id]
-    source = hooks.source(chosen, members[chosen], pos[chosen])
+    source = hooks.source(chosen, members[chosen], pos[chosen], dict(source_options or {}))
+    if source.get("loses"):  # an operator's opt-in to a source that drops entries: said, every time
+        warnings.append(source["loses"])
     moved = {m["host"]: m["address"] for m in membership if m["address"] != current[m["host"]]}
     for host in sorted(moved):
         why.append("%s's address changes from %s to %s (recover_addresses): the new membership names the new one"

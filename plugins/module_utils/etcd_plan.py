@@ -29,16 +29,28 @@ def roles(order: list, old_roles: dict, max_voters: int) -> dict:
     return {host: "voter" for host in order}
 
 
-def source(winner: str, summary: dict, position: tuple) -> dict:
+def source(winner: str, summary: dict, position: tuple, options: dict | None = None) -> dict:
+    """The winner's whole log replayed (default), or, on the operator's opt-in (raw_db), its db as
+    it is: then the entries beyond the db are lost, and the plan names them."""
     commit = summary.get("commit") or 0
     unapplied = summary.get("unapplied") or {}
-    return {"host": winner, "step": "replay", "expected_last_index": position[1], "commit": commit,
-            "beyond_commit": max(0, position[1] - commit), "beyond_db": unapplied.get("beyond_db", 0)}
+    found = {"host": winner, "step": "replay", "expected_last_index": position[1], "commit": commit,
+             "beyond_commit": max(0, position[1] - commit), "beyond_db": unapplied.get("beyond_db", 0)}
+    if (options or {}).get("raw_db"):
+        lost = found["beyond_db"]
+        found.update(step="raw-db", db_index=position[1] - lost)
+        found["loses"] = ("recover_etcd_raw_db: %s's db is restored as it is, without replaying its log: %s"
+                          % (winner, "the entries %d..%d (%d) in its WAL are LOST%s" % (
+                              position[1] - lost + 1, position[1], lost, _keys_text(unapplied))
+                             if lost else "its db holds every entry of its log, nothing is lost"))
+    return found
 
 
 def actions(part: str, winner: str, source: dict, new_address: str | None, repairs: list | None) -> list:
     done = ["stop", "safety archive"]
-    if part == "winner":
+    if part == "winner" and source["step"] == "raw-db":
+        done.append("copy its db as it is, to index %d (the entries after it are LOST), ONCE" % source["db_index"])
+    elif part == "winner":
         done.append("replay its whole log to index %d (%d entries beyond its commit) into a hashed snapshot, ONCE"
                     % (source["expected_last_index"], source["beyond_commit"]))
     done.append("restore the snapshot into a new member directory (the old one moved aside)%s"

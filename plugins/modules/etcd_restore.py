@@ -82,6 +82,12 @@ options:
         back. Needs etcdutl 3.5.10+ or etcdctl 3.4.27+. V(0) does not bump.
     type: int
     default: 0
+  skip_hash_check:
+    description:
+      - The snapshot is a raw copy of a member's C(member/snap/db), which has no hash trailer
+        (C(--skip-hash-check)); O(sha256) is still checked.
+    type: bool
+    default: false
   aside:
     description: The name, inside O(path), the old C(member) directory is renamed to.
     type: str
@@ -218,6 +224,8 @@ def _run_restore(module, snapshot, work, own, peers):
             "--data-dir", work]
     if p["bump_revision"]:
         argv += ["--bump-revision", str(p["bump_revision"]), "--mark-compacted"]
+    if p["skip_hash_check"]:
+        argv.append("--skip-hash-check")
     env = dict(os.environ, ETCDCTL_API="3")
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     if proc.returncode:
@@ -271,6 +279,7 @@ def main():
             token=dict(type="str", required=True, no_log=False),
             bin_dir=dict(type="path", default="/usr/bin"),
             bump_revision=dict(type="int", default=0),
+            skip_hash_check=dict(type="bool", default=False),
             aside=dict(type="str", required=True),
         ),
         required_together=[("archive", "checksum")],

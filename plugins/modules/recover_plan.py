@@ -78,6 +78,12 @@ options:
     description: Go on although an unusable member claims entries the winner lacks and no majority proves them
       uncommitted.
     type: bool
+  source_options:
+    description:
+      - The engine's choices for the restore source. etcd - V(raw_db=true) restores the winner's db as it is
+        instead of replaying its whole log; the entries beyond the db are lost and the plan names them.
+    type: dict
+    default: {}
     default: false
 """
 
@@ -181,6 +187,7 @@ def main():
             max_voters=dict(type="int", default=3),
             allow_repairs=dict(type="bool", default=True),
             accept_loss=dict(type="bool", default=False),
+            source_options=dict(type="dict", default={}),
         ),
         supports_check_mode=True,
     )
@@ -190,7 +197,8 @@ def main():
     try:
         plan = election.make_plan(p["engine"], p["members"], lost=p["lost"], winner=p["winner"],
                                   addresses=p["addresses"], hosts=p["hosts"], max_voters=p["max_voters"],
-                                  allow_repairs=p["allow_repairs"], accept_loss=p["accept_loss"])
+                                  allow_repairs=p["allow_repairs"], accept_loss=p["accept_loss"],
+                                  source_options=p["source_options"])
     except election.PlanRefused as exc:
         module.fail_json(msg="refusing to recover: " + " | ".join(exc.reasons), reasons=exc.reasons,
                          partial=exc.partial)

@@ -328,3 +328,17 @@ def test_etcd_plan_says_what_lies_beyond_commit_and_derives_ids_like_etcd():
     ids = [etcd_plan.member_id(["http://10.254.77.%d:2380" % i], "qrlab") for i in (11, 12, 13)]
     assert ids == ["5fdc7ffeaa3af4f9", "50827998474de295", "5f66b2e44672d6d8"]
     assert etcd_plan.cluster_id(ids) == "9bef102e7ff8238a"
+
+
+def test_etcd_raw_db_only_on_opt_in_and_the_plan_names_what_it_loses():
+    h1 = etcd("h1", 2, 500, 2, 490)
+    h1["unapplied"] = {"beyond_commit": 10, "beyond_db": 12, "keys": ["a"], "more_keys": 0}
+    members = {"h1": h1, "h2": etcd("h2", 2, 498, 2, 495), "h3": etcd("h3", 2, 497, 2, 495)}
+    replay = election.make_plan("etcd", members)
+    assert replay["source"]["step"] == "replay" and not any("LOST" in w for w in replay["warnings"])
+    raw = election.make_plan("etcd", members, source_options={"raw_db": True})
+    assert raw["source"]["step"] == "raw-db" and raw["source"]["db_index"] == 488
+    assert "recover_etcd_raw_db: h1's db is restored as it is, without replaying its log: the entries 489..500 " \
+        "(12) in its WAL are LOST; keys: a" in raw["warnings"]
+    assert any("copy its db as it is, to index 488" in a for a in raw["parts"]["h1"]["actions"])
+    assert raw["hash"] != replay["hash"]
