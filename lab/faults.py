@@ -60,8 +60,9 @@ class Faults(Hosts):
                              size: int = 200, writers_per_host: int = 1) -> dict:
         """Power loss of every member of an engine while clients on every host write to it.
 
-        `writers_per_host` writers on each host (inside the host) put unique keys to the host's
-        own member and write down, fsynced, each key the engine acknowledged. After `seconds`,
+        `writers_per_host` writers on each host (inside the host) put unique keys
+        (<prefix>-<host>-<n>-<i>) to the host's own member and write down, fsynced, in the host's
+        /var/tmp/qrlab-acks/, each key the engine acknowledged. After `seconds`,
         every member is SIGKILLed in one quick loop from here, then the writers are ended.
         Returns {"acknowledged": set of keys, "kill_spread_ms": time from the first kill to the
         last, "writers": {writer: acknowledged and failed puts}}. Only etcd has such a writer."""
@@ -86,8 +87,8 @@ class Faults(Hosts):
             report = {}
             for name, host, ack, proc in writers:
                 self.stop_spawned(proc, grace=10)
-                out = proc.stdout.read() if proc.stdout else ""
-                proc.stdout.close()
+                with proc.stdout:
+                    out = proc.stdout.read()
                 try:
                     report[name] = json.loads(out.strip().splitlines()[-1])
                 except (ValueError, IndexError):

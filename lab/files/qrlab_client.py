@@ -53,11 +53,38 @@ def tls_context(cacert, cert, key):
     return context
 
 
-def _post(url, body, timeout=10.0):
-    req = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout, context=TLS.get("context")) as resp:
-        return json.loads(resp.read())
+_CONNECTIONS = {}  # (scheme, host, port) -> a kept-alive connection
+
+
+def _post(url, body, timeout=10.0, retry=True):
+    """POST JSON to etcd's gRPC gateway on a kept-alive connection (a TLS handshake per put
+    would cost more than the put). A connection found closed is opened again once, unless
+    retry is False: then any failure is the caller's to see."""
+    parts = urllib.parse.urlsplit(url)
+    key = (parts.scheme, parts.hostname, parts.port)
+    data = json.dumps(body).encode()
+    for attempt in (1, 2):
+        conn = _CONNECTIONS.get(key)
+        if conn is None:
+            if parts.scheme == "https":
+                conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=TLS.get("context"))
+            else:
+                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+            _CONNECTIONS[key] = conn
+        try:
+            conn.request("POST", parts.path, data, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            reply = resp.read()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            del _CONNECTIONS[key]
+            if attempt == 2 or not retry:
+                raise
+            continue
+        if resp.status != 200:
+            raise RuntimeError("POST %s: HTTP %d %s" % (url, resp.status, reply[:300].decode(errors="replace")))
+        return json.loads(reply)
+    raise AssertionError("not reached")
 
 
 def _b64(data):
@@ -103,32 +130,21 @@ def etcd_keys(args):
 
 
 def etcd_ack_writer(args):
-    url = urllib.parse.urlsplit(args.endpoint)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     deadline = time.monotonic() + args.seconds if args.seconds else None
-    conn, acknowledged, failed, i = None, 0, 0, 0
+    acknowledged, failed, i = 0, 0, 0
     with open(args.ack_file, "a") as acks:
         while not stop and (deadline is None or time.monotonic() < deadline):
             key = "%s%06d" % (args.prefix, i)
             i += 1
-            body = json.dumps({"key": _b64(key), "value": _b64(value_for(key, args.size))}).encode()
             try:
-                if conn is None:
-                    if url.scheme == "https":
-                        conn = http.client.HTTPSConnection(url.hostname, url.port, timeout=5, context=TLS["context"])
-                    else:
-                        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=5)
-                conn.request("POST", "/v3/kv/put", body, {"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                reply = json.loads(resp.read())
-                if resp.status != 200 or "header" not in reply:
-                    raise RuntimeError("put %s: HTTP %d %s" % (key, resp.status, reply))
+                reply = _post(args.endpoint + "/v3/kv/put", {"key": _b64(key), "value": _b64(value_for(key, args.size))},
+                              timeout=5, retry=False)
+                if "header" not in reply:
+                    raise RuntimeError("put %s: %s" % (key, reply))
             except (OSError, ValueError, RuntimeError, http.client.HTTPException):
                 failed += 1
-                if conn is not None:
-                    conn.close()
-                    conn = None
                 time.sleep(0.01)
                 continue
             acks.write(key + "\n")
