@@ -22,6 +22,9 @@ import struct
 TIE_BREAK = "applied index, then db revision"
 # a member that campaigned alone has a HardState term above every log term: flag it, never rank by it
 FLAG_LONE_CAMPAIGN = True
+# every member of the new cluster needs a name (--initial-cluster name=URL): one added but never
+# started has none in the log, and gets its inventory name
+NAMED = True
 
 
 def roles(order: list, old_roles: dict, max_voters: int) -> dict:

@@ -15,6 +15,7 @@ into it), and stop() ends it by that PID: SIGTERM, then SIGKILL after STOP_GRACE
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -24,6 +25,17 @@ import subprocess
 import time
 
 STOP_GRACE = 10  # seconds between SIGTERM and SIGKILL
+
+
+def _die_with_parent():
+    """Run in the child before exec: the kernel SIGKILLs the scratch etcd when the module's process
+    ends, however it ends (a playbook killed mid-run, a module killed by its async wrapper), so no
+    scratch etcd outlives the run that started it. PR_SET_PDEATHSIG survives the exec of unshare,
+    the shell and etcd."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _free_port():
@@ -74,7 +86,7 @@ class ScratchEtcd:
             argv = [unshare, "--net", "--", "/bin/sh", "-c", '"$0" link set lo up && exec "$@"', ip] + argv
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,  # pylint: disable=consider-using-with
-                                         close_fds=True)
+                                         close_fds=True, preexec_fn=_die_with_parent)  # pylint: disable=subprocess-popen-preexec-fn
         self.netns = tools
 
     def etcdctl_json(self, *args, timeout=None):

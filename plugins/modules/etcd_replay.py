@@ -215,6 +215,7 @@ progress:
   elements: dict
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -302,6 +303,9 @@ def _replay(module, facts, progress, seconds):
     scratch = p["scratch"] or os.path.dirname(dest)
     os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
     os.makedirs(scratch, mode=0o700, exist_ok=True)
+    for name in os.listdir(scratch):  # a killed run's scratch copy: our own, never member data
+        if name.startswith(".etcd-replay-") and os.path.isdir(os.path.join(scratch, name)):
+            shutil.rmtree(os.path.join(scratch, name), ignore_errors=True)
     work = tempfile.mkdtemp(prefix=".etcd-replay-", dir=scratch)
     tmp = "%s.tmp-%d" % (dest, os.getpid())
     etcd, result = None, {}
@@ -433,7 +437,11 @@ def main():
     )
     progress = prog.Progress.for_module(module)
     try:
-        result = run(module, progress)
+        # two runs on one member never replay at once: a re-run of a killed playbook waits for the
+        # run it left working, then finds its snapshot
+        with arch.locked(module.params["path"], progress.waiting, min(progress.interval, 1.0)) \
+                if os.path.isdir(module.params["path"]) else contextlib.nullcontext():
+            result = run(module, progress)
     except Refused as exc:
         progress.close()
         module.fail_json(msg=str(exc), progress=progress.summary(), **exc.details)
