@@ -1,4 +1,6 @@
-"""etcd_info against REAL etcd 3.4 data directories from the lab.
+"""etcd_info against REAL etcd data directories from the lab, in the lab's etcd version (3.4 or
+3.5: QRLAB_ETCD_VERSION) and TLS mode (QRLAB_ETCD_TLS); every etcd and etcdctl the tests start is
+the lab's own (Lab.etcd_bin_dir).
 
 Oracles: `etcdctl snapshot status` on a copy of the same db (revision, key count, hash, size);
 `etcdctl endpoint status` of the member while it ran (raft index and term), including a member
@@ -22,11 +24,11 @@ import time
 import pytest
 
 from conftest import run_ansible
-from etcd_oracle import real_start
+from etcd_oracle import etcd_argv, etcdctl_argv, real_start, scratch_url
 
 from ansible_collections.quorum.recovery.plugins.module_utils import election, etcd_datadir
 
-SOLO_CLIENT = "http://127.0.0.1:23791"
+SOLO_CLIENT_PORT, SOLO_PEER_PORT = 23791, 23801
 
 
 def _fingerprint(directory):
@@ -57,8 +59,17 @@ def _facts(lab, hosts="etcd", path="/var/lib/etcd", depth="full"):
 
 
 def _snapshot_status(lab, host, db="/var/lib/etcd/member/snap/db"):
+    """`snapshot status` by the version's own tool (3.5's etcdctl still has it, deprecated for etcdutl)."""
     lab.exec(host, ["cp", db, "/var/tmp/db.status"])
-    return json.loads(lab.exec(host, ["etcdctl", "snapshot", "status", "-w", "json", "/var/tmp/db.status"]).stdout)
+    tool = "etcdctl" if lab.etcd_version == "3.4" else "etcdutl"
+    return json.loads(lab.exec(host, [os.path.join(lab.etcd_bin_dir, tool), "snapshot", "status", "-w", "json",
+                                      "/var/tmp/db.status"]).stdout)
+
+
+def _online_args(lab):
+    """etcd_info's options that make it ask the lab's etcd as the lab's own clients do."""
+    tls = "".join(" %s=%s" % item for item in lab.etcd_client_tls.items())
+    return "etcdctl=%s%s" % (os.path.join(lab.etcd_bin_dir, "etcdctl"), tls)
 
 
 def _errors(member):
@@ -96,7 +107,8 @@ def test_online_endpoint_status_when_it_answers_and_a_clean_answer_when_it_does_
     hosts = lab.hosts()
     lab._wait(lambda: lab.etcd_ready(hosts), 60, "etcd leader")
     status = {h.name: lab.etcd_status(h) for h in hosts}
-    answered = _run(lab, "etcd", "path=/var/lib/etcd depth=quick endpoint={{ etcd_client_url }} timeout=3")
+    answered = _run(lab, "etcd", "path=/var/lib/etcd depth=quick endpoint={{ etcd_client_url }} timeout=3 "
+                    + _online_args(lab))
     for host in hosts:
         online, member = answered[host.name]["online"], answered[host.name]["member"]
         assert online["reachable"] is True and online["endpoint"] == host.etcd_client_url, online
@@ -104,10 +116,13 @@ def test_online_endpoint_status_when_it_answers_and_a_clean_answer_when_it_does_
         assert "%x" % header["member_id"] == member["member_id"] == "%x" % status[host.name]["header"]["member_id"]
         assert "%x" % header["cluster_id"] == member["cluster_id"]
         assert header["revision"] == status[host.name]["header"]["revision"]
-        assert online["status"]["version"] == "3.4.23" and online["status"]["leader"] == status[host.name]["leader"]
+        assert online["status"]["version"] == status[host.name]["version"], online["status"]
+        assert online["status"]["version"].startswith(lab.etcd_version + ".")
+        assert online["status"]["leader"] == status[host.name]["leader"]
         assert member["running"]["running"] is True
     # nothing listens there: refused, quickly, and the offline facts are all there
-    refused = _run(lab, "h1", "path=/var/lib/etcd depth=quick endpoint=http://127.0.0.1:2 timeout=3")["h1"]
+    refused = _run(lab, "h1", "path=/var/lib/etcd depth=quick endpoint=http://127.0.0.1:2 timeout=3 "
+                   + _online_args(lab))["h1"]
     assert refused["online"]["reachable"] is False and refused["online"]["reason"] == "refused", refused["online"]
     assert "http://127.0.0.1:2" in refused["online"]["error"] and refused["online"]["seconds"] < 3 + 2
     assert refused["member"]["member_id"] == answered["h1"]["member"]["member_id"]
@@ -121,8 +136,10 @@ def test_online_endpoint_status_when_it_answers_and_a_clean_answer_when_it_does_
     lab.partition(hosts[1])
     try:
         started = time.monotonic()
-        lost = _run(lab, "h1", "path=/var/lib/etcd depth=quick endpoint=%s timeout=2" % hosts[0].etcd_client_url)["h1"]
-        cut = _run(lab, "h1", "path=/var/lib/etcd depth=quick endpoint=%s timeout=2" % hosts[1].etcd_client_url)["h1"]
+        lost = _run(lab, "h1", "path=/var/lib/etcd depth=quick endpoint=%s timeout=2 %s"
+                    % (hosts[0].etcd_client_url, _online_args(lab)))["h1"]
+        cut = _run(lab, "h1", "path=/var/lib/etcd depth=quick endpoint=%s timeout=2 %s"
+                   % (hosts[1].etcd_client_url, _online_args(lab)))["h1"]
         took = time.monotonic() - started
     finally:
         lab.heal(hosts[1])
@@ -141,19 +158,20 @@ def test_a_member_running_alone_reports_what_the_files_say(lab):
     lab.service(host, "etcd", "stop")
     lab.exec(host, ["sh", "-c", "rm -rf /var/tmp/solo && cp -a /var/lib/etcd /var/tmp/solo"])
     lab.service(host, "etcd", "start")
-    solo = lab.spawn(host, ["etcd", "--name", host.name, "--data-dir", "/var/tmp/solo", "--force-new-cluster",
-                            "--listen-client-urls", SOLO_CLIENT, "--advertise-client-urls", SOLO_CLIENT,
-                            "--listen-peer-urls", "http://127.0.0.1:23801"])
+    client = scratch_url(lab, SOLO_CLIENT_PORT)
+    solo = lab.spawn(host, etcd_argv(lab, "--name", host.name, "--data-dir", "/var/tmp/solo", "--force-new-cluster",
+                                     "--listen-client-urls", client, "--advertise-client-urls", client,
+                                     "--listen-peer-urls", scratch_url(lab, SOLO_PEER_PORT)))
     try:
         status = None
         for _try in range(60):
-            proc = lab.exec(host, ["etcdctl", "--endpoints", SOLO_CLIENT, "-w", "json", "--command-timeout=2s",
-                                   "endpoint", "status"], check=False)
+            proc = lab.exec(host, etcdctl_argv(lab, client, "-w", "json", "--command-timeout=2s", "endpoint",
+                                               "status"), check=False)
             if proc.returncode == 0 and json.loads(proc.stdout)[0]["Status"]["leader"]:
-                lab.exec(host, ["etcdctl", "--endpoints", SOLO_CLIENT, "put", "solo", "1"])
+                lab.exec(host, etcdctl_argv(lab, client, "put", "solo", "1"))
                 time.sleep(0.5)
-                status = json.loads(lab.exec(host, ["etcdctl", "--endpoints", SOLO_CLIENT, "-w", "json",
-                                                    "endpoint", "status"]).stdout)[0]["Status"]
+                status = json.loads(lab.exec(host, etcdctl_argv(lab, client, "-w", "json", "endpoint",
+                                                                "status")).stdout)[0]["Status"]
                 break
             time.sleep(0.5)
         assert status, "the solo etcd never elected itself"
@@ -255,15 +273,15 @@ def _key_bucket_branch(db):
 
 def _other_cluster_db(lab, host):
     """The db of a brand-new one-member cluster (other name, token, IDs), run inside the host."""
-    client, peer = "http://127.0.0.1:23792", "http://127.0.0.1:23802"
+    client, peer = scratch_url(lab, 23792), scratch_url(lab, 23802)
     lab.exec(host, ["rm", "-rf", "/var/tmp/othercluster"])
-    other = lab.spawn(host, ["etcd", "--name", "other", "--data-dir", "/var/tmp/othercluster",
-                             "--initial-cluster", "other=" + peer, "--initial-advertise-peer-urls", peer,
-                             "--listen-peer-urls", peer, "--listen-client-urls", client,
-                             "--advertise-client-urls", client, "--initial-cluster-token", "other"])
+    other = lab.spawn(host, etcd_argv(lab, "--name", "other", "--data-dir", "/var/tmp/othercluster",
+                                      "--initial-cluster", "other=" + peer, "--initial-advertise-peer-urls", peer,
+                                      "--listen-peer-urls", peer, "--listen-client-urls", client,
+                                      "--advertise-client-urls", client, "--initial-cluster-token", "other"))
     try:
         for _try in range(60):
-            if lab.exec(host, ["etcdctl", "--endpoints", client, "--command-timeout=2s", "put", "other", "1"],
+            if lab.exec(host, etcdctl_argv(lab, client, "--command-timeout=2s", "put", "other", "1"),
                         check=False).returncode == 0:
                 break
             time.sleep(0.5)
@@ -388,7 +406,7 @@ def _oracle_row(case, member, plain, force):
 
 
 def test_real_etcd_start_on_every_damaged_copy_does_what_etcd_info_predicts(lab, tmp_path_factory):
-    """The oracle for `prediction` and `etcd_would`: etcd 3.4.23 itself, started on a scratch copy of
+    """The oracle for `prediction` and `etcd_would`: the lab's etcd itself, started on a scratch copy of
     each damaged directory inside h1, with every lab member stopped and h1 cut off, so a copy that
     knows the cluster's peers reaches none of them."""
     source, db_before = tmp_path_factory.getbasetemp() / "etcd-real", tmp_path_factory.getbasetemp() / "db.before"
@@ -449,31 +467,33 @@ def test_real_etcd_start_on_every_damaged_copy_does_what_etcd_info_predicts(lab,
                 wrong.append("%s: %s (etcd log %s)" % (case, "; ".join(problems), plain["log"]))
     finally:
         lab.heal(host)
-    table = "| case | etcd_info predicts | etcd 3.4.23 did |\n|---|---|---|\n" + "\n".join(rows)
+    version = lab.exec(host, [os.path.join(lab.etcd_bin_dir, "etcd"), "--version"]).stdout.split()[2]  # etcd Version: X
+    table = "| case | etcd_info predicts | etcd %s did |\n|---|---|---|\n" % version + "\n".join(rows)
     (tmp_path_factory.getbasetemp() / "etcd-oracle.md").write_text(table + "\n")
     print("\n" + table)
     assert not wrong, "\n".join(wrong) + "\n" + table
 
 
-MULTI_CLIENT, MULTI_PEER = "http://127.0.0.1:23790", "http://127.0.0.1:23800"
+MULTI_CLIENT_PORT, MULTI_PEER_PORT = 23790, 23800
 
 
 @pytest.fixture(scope="module")
 def multiwal(lab):
-    """A real one-member etcd data directory with four WAL files: etcd 3.4 cuts a WAL file at
+    """A real one-member etcd data directory with four WAL files: etcd (3.4 and 3.5) cuts a WAL file at
     64,000,000 bytes (wal.SegmentSizeBytes, no flag changes it), so 210 puts of 1,000,000-byte
     values fill three and start a fourth; --snapshot-count 150 puts the .snap (index ~151) in the
     third. The old revisions are compacted and the db defragmented, to keep the copies small."""
     host = lab.hosts()[0]
     inside = "/var/tmp/multiwal"
+    client, peer = scratch_url(lab, MULTI_CLIENT_PORT), scratch_url(lab, MULTI_PEER_PORT)
     lab.exec(host, ["rm", "-rf", inside])
     with open(host.real_path(inside + ".log"), "wb") as log:
-        scratch = lab.spawn(host, ["etcd", "--name", "mw", "--data-dir", inside, "--listen-client-urls", MULTI_CLIENT,
-                                   "--advertise-client-urls", MULTI_CLIENT, "--listen-peer-urls", MULTI_PEER,
-                                   "--initial-advertise-peer-urls", MULTI_PEER, "--initial-cluster", "mw=" + MULTI_PEER,
-                                   "--initial-cluster-token", "multiwal", "--snapshot-count", "150",
-                                   "--logger", "zap", "--log-outputs", "stderr"], stderr=log)
-    ctl = ["etcdctl", "--endpoints", MULTI_CLIENT, "--command-timeout=20s"]
+        scratch = lab.spawn(host, etcd_argv(lab, "--name", "mw", "--data-dir", inside, "--listen-client-urls", client,
+                                            "--advertise-client-urls", client, "--listen-peer-urls", peer,
+                                            "--initial-advertise-peer-urls", peer, "--initial-cluster", "mw=" + peer,
+                                            "--initial-cluster-token", "multiwal", "--snapshot-count", "150",
+                                            "--logger", "zap", "--log-outputs", "stderr"), stderr=log)
+    ctl = etcdctl_argv(lab, client, "--command-timeout=20s")
     try:
         lab._wait(lambda: lab.exec(host, [*ctl, "endpoint", "health"], check=False).returncode == 0, 30,
                   "the scratch etcd")
