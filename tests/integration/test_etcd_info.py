@@ -269,6 +269,13 @@ def _flip(path, offset):
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
+def _pages_in_use(db):
+    """Bytes up to the high-water page id of the newer meta page (test-side bbolt reading)."""
+    _txid, pgid = max((struct.unpack_from("<Q", db, off + 64)[0], struct.unpack_from("<Q", db, off + 56)[0])
+                     for off in (0, 4096))
+    return pgid * 4096
+
+
 def _key_bucket_branch(db):
     """The page id of the key bucket's root when it is a branch page (test-side bbolt reading)."""
     metas = [(struct.unpack_from("<Q", db, off + 64)[0], struct.unpack_from("<Q", db, off + 32)[0])
@@ -355,8 +362,10 @@ def _damage(lab, path, case, db_before):
         db.write_bytes(bytes(raw))
         expect_file = "member/snap/db"
     elif case == "truncated-db":
+        # half of the pages in use: etcd 3.5's bbolt file is 16 MiB long with a few hundred KiB in
+        # use, and cutting only the unused tail is no damage at all (3.5 serves every key from it)
         with open(db, "r+b") as f:
-            f.truncate(os.path.getsize(db) // 2)
+            f.truncate(_pages_in_use(db.read_bytes()) // 2)
         expect_file = "member/snap/db"
     elif case == "other-cluster":
         host = lab.hosts()[0]
