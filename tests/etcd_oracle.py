@@ -1,26 +1,52 @@
-"""The real-start oracle: start Debian's etcd 3.4 on a scratch copy of a data directory inside a
-lab host and record what it really does: refuses (a fatal log line and a non-zero exit), panics,
-repairs something (a torn WAL tail, a broken .snap, a .snap.db swapped in), starts, and (alone,
-with --force-new-cluster, or as a one-member cluster) serves.
+"""The real-start oracle: start the lab's etcd (3.4 or 3.5, Lab.etcd_bin_dir) on a scratch copy of
+a data directory inside a lab host and record what it really does: refuses (a fatal log line and a
+non-zero exit), panics, repairs something (a torn WAL tail, a broken .snap, a .snap.db swapped in),
+starts, and (alone, with --force-new-cluster, or as a one-member cluster) serves.
 
-etcd runs inside the host's namespaces on 127.0.0.1 scratch ports, with zap JSON logging to a
-file next to the copy, and is always stopped (by its PID) before the call returns. A copy of a
-member of a bigger cluster knows its peers' lab addresses: the caller must make sure nothing
-answers there (stop the lab's etcd members and partition the host), or the copy could disturb
-the live cluster.
+etcd runs inside the host's namespaces on 127.0.0.1 scratch ports (https with the host's lab
+certificates when the lab runs etcd over TLS), with zap JSON logging to a file next to the copy,
+and is always stopped (by its PID) before the call returns. A copy of a member of a bigger cluster
+knows its peers' lab addresses: the caller must make sure nothing answers there (stop the lab's
+etcd members and partition the host), or the copy could disturb the live cluster.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
-CLIENT, PEER = "http://127.0.0.1:23795", "http://127.0.0.1:23805"
+from lab.base import PKI_DIR
+
+CLIENT_PORT, PEER_PORT = 23795, 23805
 NEW_RAFT = re.compile(r"newRaft \S+ \[peers: \[[^\]]*\], term: (\d+), commit: (\d+), applied: (\d+), "
                       r"lastindex: (\d+), lastterm: (\d+)\]")
 SERVING = "now serving peer/client/metrics"
 # what the Go runtime prints when it dies of a signal or an unrecovered panic (not JSON)
 RUNTIME_DEATH = ("panic: ", "fatal error: ", "unexpected fault address", "SIGSEGV", "SIGBUS")
+
+
+def scratch_url(lab, port: int) -> str:
+    """A 127.0.0.1 URL inside a host, in the scheme of the lab's etcd (the host certificates name 127.0.0.1)."""
+    return "%s://127.0.0.1:%d" % ("https" if lab.etcd_tls else "http", port)
+
+
+def etcd_argv(lab, *args) -> list:
+    """The lab's etcd with args; in TLS mode it asks clients and peers for certificates as the lab's
+    members do, so a scratch member of a TLS cluster runs as it would in its own cluster."""
+    tls = []
+    if lab.etcd_tls:
+        tls = ["--cert-file", PKI_DIR + "/server.crt", "--key-file", PKI_DIR + "/server.key", "--client-cert-auth",
+               "--trusted-ca-file", PKI_DIR + "/ca.crt", "--peer-cert-file", PKI_DIR + "/peer.crt",
+               "--peer-key-file", PKI_DIR + "/peer.key", "--peer-client-cert-auth",
+               "--peer-trusted-ca-file", PKI_DIR + "/ca.crt"]
+    return [os.path.join(lab.etcd_bin_dir, "etcd"), *args, *tls]
+
+
+def etcdctl_argv(lab, endpoint: str, *args) -> list:
+    """The lab's etcdctl at endpoint (inside a host), with the client certificate in TLS mode."""
+    tls = [item for key, path in lab.etcd_client_tls.items() for item in ("--" + key, path)]
+    return [os.path.join(lab.etcd_bin_dir, "etcdctl"), "--endpoints", endpoint, *tls, *args]
 
 
 def _listing(lab, host, data_dir):
@@ -48,8 +74,8 @@ def _read_log(path):
 
 
 def _status(lab, host):
-    proc = lab.exec(host, ["etcdctl", "--endpoints", CLIENT, "-w", "json", "--dial-timeout=1s", "--command-timeout=2s",
-                           "endpoint", "status"], check=False, timeout=30)
+    proc = lab.exec(host, etcdctl_argv(lab, scratch_url(lab, CLIENT_PORT), "-w", "json", "--dial-timeout=1s",
+                                       "--command-timeout=2s", "endpoint", "status"), check=False, timeout=30)
     if proc.returncode:
         return None
     status = json.loads(proc.stdout)[0]["Status"]
@@ -71,9 +97,10 @@ def real_start(lab, host, data_dir: str, name: str = "oracle", force_new_cluster
     log_path = "%s.%s.log" % (data_dir.rstrip("/"), "force" if force_new_cluster else "plain")
     real_log = host.real_path(log_path)
     before = _listing(lab, host, data_dir)
-    argv = ["etcd", "--name", name, "--data-dir", data_dir, "--listen-client-urls", CLIENT,
-            "--advertise-client-urls", CLIENT, "--listen-peer-urls", PEER, "--logger", "zap", "--log-outputs",
-            "stderr"]
+    client, peer = scratch_url(lab, CLIENT_PORT), scratch_url(lab, PEER_PORT)
+    argv = etcd_argv(lab, "--name", name, "--data-dir", data_dir, "--listen-client-urls", client,
+                     "--advertise-client-urls", client, "--listen-peer-urls", peer, "--logger", "zap",
+                     "--log-outputs", "stderr")
     if force_new_cluster:
         argv.append("--force-new-cluster")
     started = time.monotonic()

@@ -1,13 +1,15 @@
-"""etcd_info against REAL etcd 3.4 data directories from the lab.
+"""etcd_info against REAL etcd data directories from the lab, in the lab's etcd version (3.4 or
+3.5: QRLAB_ETCD_VERSION) and TLS mode (QRLAB_ETCD_TLS); every etcd and etcdctl the tests start is
+the lab's own (Lab.etcd_bin_dir).
 
 Oracles: `etcdctl snapshot status` on a copy of the same db (revision, key count, hash, size);
 `etcdctl endpoint status` of the member while it ran (raft index and term), including a member
-that runs alone (--force-new-cluster on a scratch copy); a member that campaigned while cut off
-ranks below the members with the longer log. The corruption matrix damages scratch copies of a
-real member directory, and etcd itself is started on each (tests/etcd_oracle.py) to check what
-the module predicts it does; so is a real four-file WAL with a file missing. `online` is checked
-against a member that answers and several that do not. The module runs over SSH and must leave
-every byte and file time alone.
+that runs alone (--force-new-cluster on a scratch copy); a member cut off from the others ranks
+below the members with the longer log (on 3.4 it campaigns and raises its term; 3.5's pre-vote
+keeps its term). The corruption matrix damages scratch copies of a real member directory, and
+etcd itself is started on each (tests/etcd_oracle.py) to check what the module predicts it does;
+so is a real four-file WAL with a file missing. `online` is checked against a member that answers
+and several that do not. The module runs over SSH and must leave every byte and file time alone.
 """
 from __future__ import annotations
 
@@ -22,11 +24,14 @@ import time
 import pytest
 
 from conftest import run_ansible
-from etcd_oracle import real_start
+from etcd_oracle import etcd_argv, etcdctl_argv, real_start, scratch_url
 
 from ansible_collections.quorum.recovery.plugins.module_utils import election, etcd_datadir
 
-SOLO_CLIENT = "http://127.0.0.1:23791"
+SOLO_CLIENT_PORT, SOLO_PEER_PORT = 23791, 23801
+# etcd 3.5 turned --pre-vote on by default (the lab does not set it): a member cut off from the
+# others asks whether it could win before it campaigns, and never raises its term for nothing
+PRE_VOTE = {"3.4": False, "3.5": True}
 
 
 def _fingerprint(directory):
@@ -57,8 +62,17 @@ def _facts(lab, hosts="etcd", path="/var/lib/etcd", depth="full"):
 
 
 def _snapshot_status(lab, host, db="/var/lib/etcd/member/snap/db"):
+    """`snapshot status` by the version's own tool (3.5's etcdctl still has it, deprecated for etcdutl)."""
     lab.exec(host, ["cp", db, "/var/tmp/db.status"])
-    return json.loads(lab.exec(host, ["etcdctl", "snapshot", "status", "-w", "json", "/var/tmp/db.status"]).stdout)
+    tool = "etcdctl" if lab.etcd_version == "3.4" else "etcdutl"
+    return json.loads(lab.exec(host, [os.path.join(lab.etcd_bin_dir, tool), "snapshot", "status", "-w", "json",
+                                      "/var/tmp/db.status"]).stdout)
+
+
+def _online_args(lab):
+    """etcd_info's options that make it ask the lab's etcd as the lab's own clients do."""
+    tls = "".join(" %s=%s" % item for item in lab.etcd_client_tls.items())
+    return "etcdctl=%s%s" % (os.path.join(lab.etcd_bin_dir, "etcdctl"), tls)
 
 
 def _errors(member):
@@ -96,7 +110,8 @@ def test_online_endpoint_status_when_it_answers_and_a_clean_answer_when_it_does_
     hosts = lab.hosts()
     lab._wait(lambda: lab.etcd_ready(hosts), 60, "etcd leader")
     status = {h.name: lab.etcd_status(h) for h in hosts}
-    answered = _run(lab, "etcd", "path=/var/lib/etcd depth=quick endpoint={{ etcd_client_url }} timeout=3")
+    answered = _run(lab, "etcd", "path=/var/lib/etcd depth=quick endpoint={{ etcd_client_url }} timeout=3 "
+                    + _online_args(lab))
     for host in hosts:
         online, member = answered[host.name]["online"], answered[host.name]["member"]
         assert online["reachable"] is True and online["endpoint"] == host.etcd_client_url, online
@@ -104,10 +119,13 @@ def test_online_endpoint_status_when_it_answers_and_a_clean_answer_when_it_does_
         assert "%x" % header["member_id"] == member["member_id"] == "%x" % status[host.name]["header"]["member_id"]
         assert "%x" % header["cluster_id"] == member["cluster_id"]
         assert header["revision"] == status[host.name]["header"]["revision"]
-        assert online["status"]["version"] == "3.4.23" and online["status"]["leader"] == status[host.name]["leader"]
+        assert online["status"]["version"] == status[host.name]["version"], online["status"]
+        assert online["status"]["version"].startswith(lab.etcd_version + ".")
+        assert online["status"]["leader"] == status[host.name]["leader"]
         assert member["running"]["running"] is True
     # nothing listens there: refused, quickly, and the offline facts are all there
-    refused = _run(lab, "h1", "path=/var/lib/etcd depth=quick endpoint=http://127.0.0.1:2 timeout=3")["h1"]
+    refused = _run(lab, "h1", "path=/var/lib/etcd depth=quick endpoint=http://127.0.0.1:2 timeout=3 "
+                   + _online_args(lab))["h1"]
     assert refused["online"]["reachable"] is False and refused["online"]["reason"] == "refused", refused["online"]
     assert "http://127.0.0.1:2" in refused["online"]["error"] and refused["online"]["seconds"] < 3 + 2
     assert refused["member"]["member_id"] == answered["h1"]["member"]["member_id"]
@@ -121,8 +139,10 @@ def test_online_endpoint_status_when_it_answers_and_a_clean_answer_when_it_does_
     lab.partition(hosts[1])
     try:
         started = time.monotonic()
-        lost = _run(lab, "h1", "path=/var/lib/etcd depth=quick endpoint=%s timeout=2" % hosts[0].etcd_client_url)["h1"]
-        cut = _run(lab, "h1", "path=/var/lib/etcd depth=quick endpoint=%s timeout=2" % hosts[1].etcd_client_url)["h1"]
+        lost = _run(lab, "h1", "path=/var/lib/etcd depth=quick endpoint=%s timeout=2 %s"
+                    % (hosts[0].etcd_client_url, _online_args(lab)))["h1"]
+        cut = _run(lab, "h1", "path=/var/lib/etcd depth=quick endpoint=%s timeout=2 %s"
+                   % (hosts[1].etcd_client_url, _online_args(lab)))["h1"]
         took = time.monotonic() - started
     finally:
         lab.heal(hosts[1])
@@ -141,19 +161,20 @@ def test_a_member_running_alone_reports_what_the_files_say(lab):
     lab.service(host, "etcd", "stop")
     lab.exec(host, ["sh", "-c", "rm -rf /var/tmp/solo && cp -a /var/lib/etcd /var/tmp/solo"])
     lab.service(host, "etcd", "start")
-    solo = lab.spawn(host, ["etcd", "--name", host.name, "--data-dir", "/var/tmp/solo", "--force-new-cluster",
-                            "--listen-client-urls", SOLO_CLIENT, "--advertise-client-urls", SOLO_CLIENT,
-                            "--listen-peer-urls", "http://127.0.0.1:23801"])
+    client = scratch_url(lab, SOLO_CLIENT_PORT)
+    solo = lab.spawn(host, etcd_argv(lab, "--name", host.name, "--data-dir", "/var/tmp/solo", "--force-new-cluster",
+                                     "--listen-client-urls", client, "--advertise-client-urls", client,
+                                     "--listen-peer-urls", scratch_url(lab, SOLO_PEER_PORT)))
     try:
         status = None
         for _try in range(60):
-            proc = lab.exec(host, ["etcdctl", "--endpoints", SOLO_CLIENT, "-w", "json", "--command-timeout=2s",
-                                   "endpoint", "status"], check=False)
+            proc = lab.exec(host, etcdctl_argv(lab, client, "-w", "json", "--command-timeout=2s", "endpoint",
+                                               "status"), check=False)
             if proc.returncode == 0 and json.loads(proc.stdout)[0]["Status"]["leader"]:
-                lab.exec(host, ["etcdctl", "--endpoints", SOLO_CLIENT, "put", "solo", "1"])
+                lab.exec(host, etcdctl_argv(lab, client, "put", "solo", "1"))
                 time.sleep(0.5)
-                status = json.loads(lab.exec(host, ["etcdctl", "--endpoints", SOLO_CLIENT, "-w", "json",
-                                                    "endpoint", "status"]).stdout)[0]["Status"]
+                status = json.loads(lab.exec(host, etcdctl_argv(lab, client, "-w", "json", "endpoint",
+                                                                "status")).stdout)[0]["Status"]
                 break
             time.sleep(0.5)
         assert status, "the solo etcd never elected itself"
@@ -167,7 +188,10 @@ def test_a_member_running_alone_reports_what_the_files_say(lab):
     assert [v["id"] for v in member["membership"]["voters"]] == ["%x" % status["header"]["member_id"]]
 
 
-def test_a_member_that_campaigned_while_partitioned_ranks_below_the_longer_logs(lab, tmp_path_factory):
+def test_a_member_cut_off_while_the_others_write_ranks_below_the_longer_logs(lab, tmp_path_factory):
+    """On 3.4 the cut-off member campaigns and raises its HardState term above every log term, and
+    the plan warns about it; on 3.5 pre-vote keeps its term (nobody answers its pre-vote), so there
+    is nothing to warn about. Either way its log is the short one, and it ranks last."""
     hosts = lab.hosts()
     lab._wait(lambda: lab.etcd_ready(hosts), 60, "etcd leader")
     leader_id = lab.etcd_status(hosts[0])["leader"]
@@ -177,27 +201,36 @@ def test_a_member_that_campaigned_while_partitioned_ranks_below_the_longer_logs(
     lab.exec(writer, ["cp", "/var/lib/etcd/member/snap/db", "/var/tmp/db.before"])
     lab.partition(follower)
     try:
-        time.sleep(5)  # it campaigns, raising its HardState term, and cannot append anything
+        time.sleep(5)  # its election timeout passes: 3.4 campaigns, 3.5 pre-votes; it cannot append anything
         lab.churn(writer, "etcd", count=1200, size=64)
         lab.power_off("etcd")
     finally:
         lab.heal(follower)
+    # a copy of the real, busy directory for the matrix and the oracle below, kept first: a wrong
+    # ranking must fail this test alone, not skip the thirteen that read the copy
+    scratch = tmp_path_factory.getbasetemp() / "etcd-real"
+    shutil.copytree(writer.real_path("/var/lib/etcd"), scratch)
+    shutil.copy(writer.real_path("/var/tmp/db.before"), scratch.parent / "db.before")
+    shutil.copy(writer.real_path("/var/tmp/db.before"), hosts[0].real_path("/var/tmp/db.before"))
     facts = _facts(lab)
     summaries = {name: member["summary"] for name, member in facts.items()}
     order = sorted(summaries, key=lambda name: election.rank_key(summaries[name]), reverse=True)
     assert order[-1] == follower.name and {s["verdict"] for s in summaries.values()} == {"healthy"}, summaries
     plan = election.make_plan("etcd", summaries)
-    assert plan["winner"] != follower.name and any(follower.name + "'s current term" in w for w in plan["warnings"])
+    flagged = [w for w in plan["warnings"] if follower.name + "'s current term" in w]
+    assert plan["winner"] != follower.name
     stale = facts[follower.name]
     for host in hosts:
         if host is not follower:
             assert facts[host.name]["log"]["last_index"] > stale["log"]["last_index"] + 1000
-            assert stale["log"]["hard_state"]["term"] > facts[host.name]["log"]["hard_state"]["term"]
-    # a copy of the real, busy directory for the matrix below
-    scratch = tmp_path_factory.getbasetemp() / "etcd-real"
-    shutil.copytree(writer.real_path("/var/lib/etcd"), scratch)
-    shutil.copy(writer.real_path("/var/tmp/db.before"), scratch.parent / "db.before")
-    shutil.copy(writer.real_path("/var/tmp/db.before"), hosts[0].real_path("/var/tmp/db.before"))
+            if PRE_VOTE[lab.etcd_version]:
+                assert stale["log"]["hard_state"]["term"] == facts[host.name]["log"]["hard_state"]["term"], facts
+            else:
+                assert stale["log"]["hard_state"]["term"] > facts[host.name]["log"]["hard_state"]["term"], facts
+    if PRE_VOTE[lab.etcd_version]:
+        assert not flagged, plan["warnings"]
+    else:
+        assert flagged, plan["warnings"]
     lab.start_etcd(hosts)
 
 
@@ -236,6 +269,13 @@ def _flip(path, offset):
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
+def _pages_in_use(db):
+    """Bytes up to the high-water page id of the newer meta page (test-side bbolt reading)."""
+    _txid, pgid = max((struct.unpack_from("<Q", db, off + 64)[0], struct.unpack_from("<Q", db, off + 56)[0])
+                     for off in (0, 4096))
+    return pgid * 4096
+
+
 def _key_bucket_branch(db):
     """The page id of the key bucket's root when it is a branch page (test-side bbolt reading)."""
     metas = [(struct.unpack_from("<Q", db, off + 64)[0], struct.unpack_from("<Q", db, off + 32)[0])
@@ -255,15 +295,15 @@ def _key_bucket_branch(db):
 
 def _other_cluster_db(lab, host):
     """The db of a brand-new one-member cluster (other name, token, IDs), run inside the host."""
-    client, peer = "http://127.0.0.1:23792", "http://127.0.0.1:23802"
+    client, peer = scratch_url(lab, 23792), scratch_url(lab, 23802)
     lab.exec(host, ["rm", "-rf", "/var/tmp/othercluster"])
-    other = lab.spawn(host, ["etcd", "--name", "other", "--data-dir", "/var/tmp/othercluster",
-                             "--initial-cluster", "other=" + peer, "--initial-advertise-peer-urls", peer,
-                             "--listen-peer-urls", peer, "--listen-client-urls", client,
-                             "--advertise-client-urls", client, "--initial-cluster-token", "other"])
+    other = lab.spawn(host, etcd_argv(lab, "--name", "other", "--data-dir", "/var/tmp/othercluster",
+                                      "--initial-cluster", "other=" + peer, "--initial-advertise-peer-urls", peer,
+                                      "--listen-peer-urls", peer, "--listen-client-urls", client,
+                                      "--advertise-client-urls", client, "--initial-cluster-token", "other"))
     try:
         for _try in range(60):
-            if lab.exec(host, ["etcdctl", "--endpoints", client, "--command-timeout=2s", "put", "other", "1"],
+            if lab.exec(host, etcdctl_argv(lab, client, "--command-timeout=2s", "put", "other", "1"),
                         check=False).returncode == 0:
                 break
             time.sleep(0.5)
@@ -322,8 +362,10 @@ def _damage(lab, path, case, db_before):
         db.write_bytes(bytes(raw))
         expect_file = "member/snap/db"
     elif case == "truncated-db":
+        # half of the pages in use: etcd 3.5's bbolt file is 16 MiB long with a few hundred KiB in
+        # use, and cutting only the unused tail is no damage at all (3.5 serves every key from it)
         with open(db, "r+b") as f:
-            f.truncate(os.path.getsize(db) // 2)
+            f.truncate(_pages_in_use(db.read_bytes()) // 2)
         expect_file = "member/snap/db"
     elif case == "other-cluster":
         host = lab.hosts()[0]
@@ -388,7 +430,7 @@ def _oracle_row(case, member, plain, force):
 
 
 def test_real_etcd_start_on_every_damaged_copy_does_what_etcd_info_predicts(lab, tmp_path_factory):
-    """The oracle for `prediction` and `etcd_would`: etcd 3.4.23 itself, started on a scratch copy of
+    """The oracle for `prediction` and `etcd_would`: the lab's etcd itself, started on a scratch copy of
     each damaged directory inside h1, with every lab member stopped and h1 cut off, so a copy that
     knows the cluster's peers reaches none of them."""
     source, db_before = tmp_path_factory.getbasetemp() / "etcd-real", tmp_path_factory.getbasetemp() / "db.before"
@@ -449,31 +491,33 @@ def test_real_etcd_start_on_every_damaged_copy_does_what_etcd_info_predicts(lab,
                 wrong.append("%s: %s (etcd log %s)" % (case, "; ".join(problems), plain["log"]))
     finally:
         lab.heal(host)
-    table = "| case | etcd_info predicts | etcd 3.4.23 did |\n|---|---|---|\n" + "\n".join(rows)
+    version = lab.exec(host, [os.path.join(lab.etcd_bin_dir, "etcd"), "--version"]).stdout.split()[2]  # etcd Version: X
+    table = "| case | etcd_info predicts | etcd %s did |\n|---|---|---|\n" % version + "\n".join(rows)
     (tmp_path_factory.getbasetemp() / "etcd-oracle.md").write_text(table + "\n")
     print("\n" + table)
     assert not wrong, "\n".join(wrong) + "\n" + table
 
 
-MULTI_CLIENT, MULTI_PEER = "http://127.0.0.1:23790", "http://127.0.0.1:23800"
+MULTI_CLIENT_PORT, MULTI_PEER_PORT = 23790, 23800
 
 
 @pytest.fixture(scope="module")
 def multiwal(lab):
-    """A real one-member etcd data directory with four WAL files: etcd 3.4 cuts a WAL file at
+    """A real one-member etcd data directory with four WAL files: etcd (3.4 and 3.5) cuts a WAL file at
     64,000,000 bytes (wal.SegmentSizeBytes, no flag changes it), so 210 puts of 1,000,000-byte
     values fill three and start a fourth; --snapshot-count 150 puts the .snap (index ~151) in the
     third. The old revisions are compacted and the db defragmented, to keep the copies small."""
     host = lab.hosts()[0]
     inside = "/var/tmp/multiwal"
+    client, peer = scratch_url(lab, MULTI_CLIENT_PORT), scratch_url(lab, MULTI_PEER_PORT)
     lab.exec(host, ["rm", "-rf", inside])
     with open(host.real_path(inside + ".log"), "wb") as log:
-        scratch = lab.spawn(host, ["etcd", "--name", "mw", "--data-dir", inside, "--listen-client-urls", MULTI_CLIENT,
-                                   "--advertise-client-urls", MULTI_CLIENT, "--listen-peer-urls", MULTI_PEER,
-                                   "--initial-advertise-peer-urls", MULTI_PEER, "--initial-cluster", "mw=" + MULTI_PEER,
-                                   "--initial-cluster-token", "multiwal", "--snapshot-count", "150",
-                                   "--logger", "zap", "--log-outputs", "stderr"], stderr=log)
-    ctl = ["etcdctl", "--endpoints", MULTI_CLIENT, "--command-timeout=20s"]
+        scratch = lab.spawn(host, etcd_argv(lab, "--name", "mw", "--data-dir", inside, "--listen-client-urls", client,
+                                            "--advertise-client-urls", client, "--listen-peer-urls", peer,
+                                            "--initial-advertise-peer-urls", peer, "--initial-cluster", "mw=" + peer,
+                                            "--initial-cluster-token", "multiwal", "--snapshot-count", "150",
+                                            "--logger", "zap", "--log-outputs", "stderr"), stderr=log)
+    ctl = etcdctl_argv(lab, client, "--command-timeout=20s")
     try:
         lab._wait(lambda: lab.exec(host, [*ctl, "endpoint", "health"], check=False).returncode == 0, 30,
                   "the scratch etcd")
