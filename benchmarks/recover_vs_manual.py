@@ -87,6 +87,13 @@ def uptime():
 
 
 class Bench:
+    """The harness and the dqlite side. An engine's sibling script (recover_vs_manual_etcd.py)
+    subclasses it and replaces the engine parts: CONFIGS, up, break_cluster, verify, repair,
+    cleanup, final_check, run_manual, inventory_file and playbook_vars."""
+
+    CONFIGS = CONFIGS
+    ENGINE = "dqlite"
+
     def __init__(self, args):
         self.args = args
         self.lab = Lab()
@@ -98,9 +105,21 @@ class Bench:
         self.seq = 0
         self.manual_log = None
 
+    @staticmethod
+    def report(records):
+        """The tables of a list of configuration records."""
+        return summarize(records)
+
+    @staticmethod
+    def add_arguments(parser):
+        """This engine's own options."""
+        parser.add_argument("--big-mib", type=int, default=1024, help="target size of a member's data dir for big3")
+        parser.add_argument("--big-keys", type=int, default=64)
+        parser.add_argument("--big-value", type=int, default=256 * 1024, help="bytes per value for big3's load")
+
     # ------------------------------------------------------------------ lab
     def up(self, config):
-        spec = CONFIGS[config]
+        spec = self.CONFIGS[config]
         log("lab up: %d hosts" % spec["hosts"])
         self.hosts = self.lab.up(spec["hosts"], keys=1000)
         self.acked = {"key": (1000, 32)}
@@ -253,9 +272,20 @@ class Bench:
                        ANSIBLE_CALLBACKS_ENABLED="bench_profile", BENCH_PROFILE_OUT=str(profile_out))
         return env
 
+    def inventory_file(self):
+        return self.lab.inventory_path
+
+    def playbook_vars(self):
+        """Extra -e arguments of this engine's playbook runs."""
+        return []
+
+    def label(self, config):
+        """The configuration's name in run ids and result files."""
+        return config
+
     def playbook_argv(self, run_id):
-        return [self.args.ansible_playbook, "-i", str(self.lab.inventory_path), self.args.playbook,
-                "-e", "recover_confirm=yes",
+        return [self.args.ansible_playbook, "-i", str(self.inventory_file()), self.args.playbook,
+                *self.playbook_vars(), "-e", "recover_confirm=yes",
                 "-e", "recover_state_dir=/var/backups/qrbench/%s" % run_id,
                 "-e", "recover_controller_dir=%s" % (self.out / "ctl" / run_id)]
 
@@ -470,21 +500,22 @@ class Bench:
         return result
 
     def config(self, config, runs):
-        record = {"config": config, "hosts": CONFIGS[config]["hosts"], "uptime_before": uptime(), "runs": []}
+        name = self.label(config)
+        record = {"config": name, "hosts": self.CONFIGS[config]["hosts"], "uptime_before": uptime(), "runs": []}
         t0 = time.monotonic()
         try:
             self.up(config)
             record["datadir_mib_start"] = {k: round(v / 2 ** 20, 1) for k, v in self.sizes().items()}
             for i in range(runs):
                 for kind in ("playbook", "manual"):
-                    result = self.one(config, kind, i)
+                    result = self.one(name, kind, i)
                     record["runs"].append(result)
                     self.save(record)
                     if not result["ok"] and self.args.stop_on_failure and not result.get("verify_after_repair", {}).get("ok"):
                         raise LabError("%s failed; stopping this configuration" % result["run_id"])
             if self.args.profile:
-                record["profile"] = self.profile(config)
-            if all(self.lab.service(h, "dqlite", "status", check=False).returncode == 0 for h in self.hosts):
+                record["profile"] = self.profile(name)
+            if all(self.lab.service(h, self.ENGINE, "status", check=False).returncode == 0 for h in self.hosts):
                 record["final_check"] = self.final_check()
             else:
                 record["final_check"] = {"ok": False, "skipped": "a member is not running"}
@@ -552,22 +583,65 @@ def summarize(records):
             for t in sorted(tasks, key=lambda t: -t["seconds"])[:12]:
                 lines.append("  %6.2f s  %s (%s%s)" % (
                     t["seconds"], t["name"], t["action"], ", %d attempts" % t["attempts"] if t.get("attempts") else ""))
+            lines.append("")
+            lines.append("%s profile run by phase (roles/recover/tasks/main.yml; journal = the journal.yml tasks "
+                         "inside the phases):" % rec["config"])
+            lines.append("")
+            lines.append("| phase | s | share | tasks | of which journal s |")
+            lines.append("|---|---:|---:|---:|---:|")
+            for phase, row in profile_phases(tasks).items():
+                lines.append("| %s | %.1f | %.0f%% | %d | %.1f |" % (
+                    phase, row["seconds"], 100 * row["seconds"] / prof["total_seconds"], row["tasks"], row["journal"]))
     return "\n".join(lines)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+# task files that are steps inside a phase, not phases (their time goes to the phase they run in)
+HELPER_FILES = {"journal", "wait_job", "service", "ask_cluster", "elect", "show_plan"}
+
+
+def task_file(task):
+    """roles/recover/tasks/etcd/restore.yml:5 -> "restore"; main.yml -> "main"; a playbook's own
+    tasks (check_group.yml, the role's argument validation in recover.yml) -> "playbook"."""
+    path = task["path"].rsplit(":", 1)[0]
+    if "/roles/recover/tasks/" not in path:
+        return "playbook"
+    return Path(path).stem
+
+
+def profile_phases(tasks):
+    """Wall seconds per phase of the role, in run order. A task of main.yml (the include that
+    opens a phase) counts to the phase that follows it, a helper (journal, waits, service
+    commands) to the phase it runs in, the playbook's own first tasks to validate."""
+    files = [task_file(t) for t in tasks]
+    phases = [None if f in HELPER_FILES or f == "main" else ("validate" if f == "playbook" else f) for f in files]
+    for i in reversed(range(len(tasks))):  # an opening main.yml task: the next phase
+        if files[i] == "main":
+            phases[i] = next((p for p in phases[i + 1:] if p), "report")
+    current = "validate"
+    for i, phase in enumerate(phases):  # a helper: the phase it runs in
+        current = phase or current
+        phases[i] = current
+    table = {}
+    for task, file_name, phase in zip(tasks, files, phases):
+        row = table.setdefault(phase, {"seconds": 0.0, "tasks": 0, "journal": 0.0})
+        row["seconds"] += task["seconds"]
+        row["tasks"] += 1
+        if file_name == "journal":
+            row["journal"] += task["seconds"]
+    return table
+
+
+def main(argv=None, bench_class=Bench, description=__doc__):
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--collections", default=str(REPO / "build" / "collections"),
                         help="ANSIBLE_COLLECTIONS_PATH holding quorum.recovery (default: ./build/collections)")
     parser.add_argument("--playbook", default="playbooks/recover.yml", help="relative to the repository")
     parser.add_argument("--ansible-playbook", default=str(Path(sys.executable).parent / "ansible-playbook")
                         if (Path(sys.executable).parent / "ansible-playbook").exists() else "ansible-playbook")
-    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["lab3", "lab7", "big3"])
+    parser.add_argument("--configs", nargs="+", choices=sorted(bench_class.CONFIGS), default=list(bench_class.CONFIGS))
     parser.add_argument("--runs", type=int, default=5, help="runs of EACH kind per configuration")
-    parser.add_argument("--runs-big", type=int, help="runs of each kind for big3 (default: --runs)")
-    parser.add_argument("--big-mib", type=int, default=1024, help="target size of a member's data dir for big3")
-    parser.add_argument("--big-keys", type=int, default=64)
-    parser.add_argument("--big-value", type=int, default=256 * 1024, help="bytes per value for big3's load")
+    parser.add_argument("--runs-big", type=int, help="runs of each kind for the big configuration (default: --runs)")
+    bench_class.add_arguments(parser)
     parser.add_argument("--midwrite-seconds", type=float, default=2.0)
     parser.add_argument("--midwrite-size", type=int, default=200)
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
@@ -581,7 +655,7 @@ def main(argv=None):
     parser.add_argument("--summarize", nargs="+", metavar="JSON", help="only print the tables of earlier results")
     args = parser.parse_args(argv)
     if args.summarize:
-        print(summarize([json.loads(Path(p).read_text()) for p in args.summarize]))
+        print(bench_class.report([json.loads(Path(p).read_text()) for p in args.summarize]))
         return 0
     args.collections = str(Path(args.collections).resolve())
     if not (Path(args.collections) / "ansible_collections" / "quorum" / "recovery").is_dir():
@@ -592,19 +666,19 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
 
-    bench = Bench(args)
+    bench = bench_class(args)
     log("out: %s; collections: %s; lab %s %s %s; %s" % (args.out, args.collections, os.environ["QRLAB_NAME"],
                                                         os.environ["QRLAB_STATE"], os.environ["QRLAB_SUBNET"], uptime()))
     records = []
     try:
         for config in args.configs:
-            runs = args.runs_big if config == "big3" and args.runs_big else args.runs
+            runs = args.runs_big if bench_class.CONFIGS[config]["big"] and args.runs_big else args.runs
             records.append(bench.config(config, runs))
-            print(summarize(records), flush=True)
+            print(bench_class.report(records), flush=True)
     finally:
         log("lab down")
         bench.lab.down()
-    (Path(args.out) / "summary.md").write_text(summarize(records) + "\n")
+    (Path(args.out) / "summary.md").write_text(bench_class.report(records) + "\n")
     return 0 if all("error" not in r for r in records) else 1
 
 
