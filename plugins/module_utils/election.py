@@ -361,9 +361,9 @@ def make_plan(engine: str, members: dict, lost: Iterable = (), winner: str | Non
     membership = [{"host": h, "id": ids[h], "address": addresses.get(h, current[h]), "role": roles[h]}
                   for h in order]
     for entry in membership:  # engines that name their members (etcd) keep the names
-        name = (voters_of_winner.get(entry["id"]) or {}).get("name")
-        if name or getattr(hooks, "NAMED", False):
-            entry["name"] = name or entry["host"]
+        known = (voters_of_winner.get(entry["id"]) or {}).get("name")
+        if known or getattr(hooks, "NAMED", False):
+            entry["name"] = known or entry["host"]
     lost_members = [{"id": v["id"], "address": v["address"]} for v in voters_of_winner.values() if v["id"] not in by_id]
     source = hooks.source(chosen, members[chosen], pos[chosen], dict(source_options or {}))
     if source.get("loses"):  # an operator's opt-in to a source that drops entries: said, every time

@@ -78,13 +78,13 @@ options:
     description: Go on although an unusable member claims entries the winner lacks and no majority proves them
       uncommitted.
     type: bool
+    default: false
   source_options:
     description:
       - The engine's choices for the restore source. etcd - V(raw_db=true) restores the winner's db as it is
         instead of replaying its whole log; the entries beyond the db are lost and the plan names them.
     type: dict
     default: {}
-    default: false
 """
 
 EXAMPLES = r"""
