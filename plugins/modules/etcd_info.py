@@ -55,7 +55,7 @@ options:
     description:
       - The peer URL this member will have after the recovery, when its host's address changed
         (for example V(https://10.0.0.7:2380)). Checked like the member's own peer URL and
-        reported in RV(member.summary.new_address_local).
+        reported in C(member.summary.new_address_local).
     type: str
   depth:
     description:
@@ -328,8 +328,8 @@ def main():
     path = module.params["path"]
     if not os.path.lexists(path):
         # a member whose data directory is gone (a replaced disk) is a member to rebuild
-        module.exit_json(changed=False, member={"path": path, "exists": False,
-                                                 "summary": member.missing("etcd", path)})
+        module.exit_json(changed=False,
+                         member={"path": path, "exists": False, "summary": member.missing("etcd", path)})
     if not os.path.isdir(path):
         module.fail_json(msg="path %s is not a directory" % path)
     try:

@@ -294,7 +294,7 @@ def main():
     peers = [(e["name"], e["address"]) for e in p["membership"]]
     own = next((e for e in p["membership"] if e["name"] == p["name"]), None)
     if own is None:
-        module.fail_json(msg="name=%s is not in the membership (%s)" % (p["name"], ", ".join(n for n, _ in peers)))
+        module.fail_json(msg="name=%s is not in the membership (%s)" % (p["name"], ", ".join(n for n, _a in peers)))
     if "/" in p["aside"] or p["aside"] in ("", ".", "..", "member", WORK):
         module.fail_json(msg="aside=%s: a plain name other than member, for a directory inside path" % p["aside"])
     if p["bump_revision"] < 0:

@@ -272,7 +272,7 @@ def _flip(path, offset):
 def _pages_in_use(db):
     """Bytes up to the high-water page id of the newer meta page (test-side bbolt reading)."""
     _txid, pgid = max((struct.unpack_from("<Q", db, off + 64)[0], struct.unpack_from("<Q", db, off + 56)[0])
-                     for off in (0, 4096))
+                      for off in (0, 4096))
     return pgid * 4096
 
 

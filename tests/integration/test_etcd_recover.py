@@ -290,8 +290,8 @@ CONFIRM = {"recover_confirm": "yes"}
 BAD_INPUTS = [
     ("unknown-flavor", {"recover_flavor": "kubeadmm"}, "recover_flavor=kubeadmm: unknown flavor of etcd; choose one "
      "of etcd, kubeadm (or k3s, rke2, inspect only)"),
-    ("k3s-is-inspect-only", {"recover_flavor": "k3s"}, ("recover_flavor=k3s: this flavor is inspect-only here",
-                                                         "--cluster-reset-restore-path")),
+    ("k3s-is-inspect-only", {"recover_flavor": "k3s"},
+     ("recover_flavor=k3s: this flavor is inspect-only here", "--cluster-reset-restore-path")),
     ("tls-unknown-key", {"recover_etcd_tls": {"ca": "/etc/ca.pem"}}, "recover_etcd_tls="),
     ("tls-relative-path", {"recover_etcd_tls": {"cacert": "ca.pem"}}, "recover_etcd_tls="),
     ("tls-file-missing", {"recover_etcd_tls": {"cacert": "/etc/qrlab/none/ca.pem"}},
