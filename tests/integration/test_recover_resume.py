@@ -1,4 +1,6 @@
-"""playbooks/recover.yml killed with SIGKILL after every task in turn, and re-run: it converges.
+"""playbooks/recover.yml killed with SIGKILL after every task in turn, and re-run: it converges,
+for dqlite and for etcd (parametrized by engine; what only an engine knows is a small class each:
+how the chain breaks its cluster, what it checks after a completed recovery, and its marks).
 
 How: tests/callback/kill_at_task.py (enabled only here) SIGKILLs ansible-playbook itself when the
 task after the target starts, i.e. once the target task has finished on every host. A baseline
@@ -10,19 +12,38 @@ journal and skips the stop and the rebuild once the members are starting).
 The kill points form a chain, which keeps the cost to one partial run per point: the run killed at
 K is followed by a re-run killed at K+1, and so on. Each run must end either killed at its point
 (exit -9) or complete (exit 0); any failure fails the test. A complete run ends the chain: the
-cluster is checked (below), broken again (power-off of every dqlite member after writing more
-keys), and the point the completed run never reached is taken again by a fresh run. After each
-completed recovery:
+cluster is checked (below), broken again, and the point the completed run never reached is taken
+again by a fresh run. Every recovery of the chain starts from a finished journal (a first
+recovery is made before the baseline).
+
+dqlite (Dqlite): broken by writing 20 keys, then a power-off of every member. After each completed
+recovery:
 - the reconfigure segment the journaled plan names (N-N) exists on every member, and above the
   highest index any member held before the recovery there is exactly ONE term-1 CHANGE entry
   on every member, at N (a second reconfigure, or one on another member, would add another);
 - every key written so far (the lab's 1,000, and 20 more per break) reads back on every member.
 
-Kill points: [spread] (CI, scripts/test) takes every 25th task, and right after and one past the
-safety archive, the reconfigure, its journal record, the restore, the 'starting' record and the
-winner's start; [full] (marker `full`: only scripts/test-full runs it, after [spread] on the same
-lab, so it starts from the cluster [spread] recovered) takes every K = 1..T.
-Measured on the lab (3 hosts, 1,000 keys, 2026-11-21):
+etcd (Etcd): broken by writing 20 keys, then a power-off of every member (SIGKILL within a
+millisecond) while two writers per host put keys for a second (lab.power_off_mid_writes). After
+each completed recovery:
+- the journaled plan replayed the most advanced member (its last index is the highest any member
+  held before the recovery);
+- the winner's run folder holds ONE source.db, whose sha256 its manifest (source.db.json) names,
+  and etcd_replay reported changed=true exactly once over every run since the break (counted in
+  the runs' logs: a re-run finds its own snapshot and leaves it);
+- every member answers `endpoint health` true, all answer with ONE cluster ID, and every key
+  written so far (the lab's 1,000, 20 more per break, and every key the writers were told was
+  stored) reads back on every member (serializable: from its own copy).
+
+Kill points: [spread] (CI, scripts/test). dqlite: every 25th task, and right after and one past
+the safety archive, the reconfigure, its journal record, the restore, the 'starting' record and
+the winner's start. etcd: every 40th task, and right after the safety archives, the replay, its
+journal record ('source-built'), the distribution's record, the restore, the 'starting' record
+and the wait for the start commands. [full] (marker `full`: only scripts/test-full runs it, after
+[spread] of the same engine on the same lab, so it starts from the cluster [spread] recovered)
+takes every K = 1..T.
+
+Measured, dqlite, on the lab (3 hosts, 1,000 keys, 2026-11-21):
 a full uninterrupted recovery 54-72 s (72 s when it starts from a finished journal: the
 already-done probe of the dead cluster waits out its 15 s timeout); T = 106 tasks (with the
 playbook's group check);
@@ -36,13 +57,22 @@ broken cluster every run of the chain now begins with that minute. The CI spread
 takes about 15 minutes; the full sweep, tried again on 2026-11-22, made 40 runs in 30 minutes
 (77 s a run, each killed where planned; none of those early points reached a completed run, where
 convergence is checked): the whole sweep would take hours now, and was stopped.
+Measured, etcd 3.4, on the lab (3 hosts, 1,000 keys, 2 cores shared with two other labs, load
+about 1.5 then), 2026-12-02: T = 120 tasks (from a finished journal); the CI spread took 10 points
+(1, 41, 67, 74, 77, 81, 86, 91, 98, 104): 15 runs, every point killed where planned, 1 chain
+completion, 4 recoveries checked, passed, 430 s (449 s with the lab's up and down; a whole
+uninterrupted recovery 57 s). The full etcd sweep (120 points, about an hour at that speed) has
+not been run yet.
 Each run's log is kept in the test's tmp_path (run-NNN.log); the summary goes to
-build/kill-sweep-{spread,full}.json.
+build/kill-sweep-{spread,full}.json (dqlite) and build/kill-sweep-etcd-{spread,full}.json.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -50,61 +80,53 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, REPO, ansible_env
-from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_datadir, dqlite_format
+from lab.base import ETCD_DIR
+from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_datadir, dqlite_format, etcd_datadir
 
 CALLBACKS = REPO / "tests" / "callback"
+BACKUPS = "/var/backups/quorum-recovery"
 CHANGE = 3
 KEYS_PER_BREAK = 20
 
 
-class Chain:
-    def __init__(self, lab, workdir: Path):
+class Dqlite:
+    """How the chain breaks a dqlite cluster, and what it checks after a completed recovery."""
+
+    name = "dqlite"
+    # CI's spread: every Nth task, and right after (and one past) each step that changes the cluster
+    # or records that it did; a mark is (part of the task name, None or part of the name of a task
+    # that must have come before)
+    every, past = 25, (0, 1)
+    marks = (("Safety archive", None), ("Reconfigure ONCE", None), ("(source-built)", None),
+             ("Replace each other member", None), ("(starting)", None), ("Start the winner", None))
+
+    def __init__(self, lab):
         self.lab = lab
-        self.workdir = workdir
-        self.controller = workdir / "controller"
-        self.runs = 0
         self.batches = [("key", 0, 1000)]  # (prefix, start, count) of every key written
-        self.breaks = 0
         self.floor = None  # highest last index of any member when the current recovery began
-        self.recoveries = []
 
-    def playbook(self, kill=None, tasks_log=None) -> tuple[int, str]:
-        self.runs += 1
-        env = ansible_env()
-        env.update(ANSIBLE_CALLBACK_PLUGINS=str(CALLBACKS), ANSIBLE_CALLBACKS_ENABLED="kill_at_task",
-                   QR_KILL_TASK=kill[0] if kill else "", QR_KILL_OCCURRENCE=str(kill[1]) if kill else "0",
-                   QR_TASK_LOG=str(tasks_log or ""))
-        out = self.workdir / ("run-%03d.log" % self.runs)
-        with open(out, "w") as f:
-            proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(self.lab.inventory_path),
-                                   "playbooks/recover.yml", "-e", "recover_confirm=yes",
-                                   "-e", "recover_controller_dir=%s" % self.controller],
-                                  stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, timeout=900, check=False)
-        return proc.returncode, out.read_text()
+    def inventory(self) -> list:
+        return ["-i", str(self.lab.inventory_path)]
 
-    def break_cluster(self):
+    def break_cluster(self, number: int) -> None:
         """Write more keys, then power off every dqlite member (SIGKILL)."""
-        self.breaks += 1
         host = self.lab.hosts()[0]
-        prefix = "brk%d-" % self.breaks
+        prefix = "brk%d-" % number
         self.lab.client(host, "dqlite-put", *self.lab.client_target(host, "dqlite"), "--prefix", prefix,
                         "--count", str(KEYS_PER_BREAK), "--size", "32")
         self.batches.append((prefix, 0, KEYS_PER_BREAK))
         self.lab.power_off("dqlite")
         self.floor = max(_inspect(h)["log"]["last_index"] for h in self.lab.hosts())
 
-    def check_recovered(self, why: str):
-        hosts = self.lab.hosts()
-        journals = [json.loads(h.real_path("/var/backups/quorum-recovery/journal.json").read_text()) for h in hosts]
-        assert {j["recovery_id"] for j in journals} == {journals[0]["recovery_id"]}, why
-        journal = journals[0]
-        assert journal["status"] == "complete" and "verified" in journal["steps"], (why, journal["steps"])
+    def check_recovered(self, why: str, journal: dict, logs: list) -> None:
+        """The journaled reconfigure segment (N-N) on every member, ONE term-1 CHANGE entry above the
+        floor, at N, on every member; every key written so far on every member."""
         plan = journal["plan"]
         n = plan["source"]["expected_last_index"] + 1
         segment = plan["source"]["segment"]
         assert segment == "%016d-%016d" % (n, n)
         assert n == self.floor + 1, (why, "the winner was not the most advanced member", n, self.floor)
-        for host in hosts:
+        for host in self.lab.hosts():
             path = host.real_path(host.dqlite_data_dir)
             names = os.listdir(path)
             assert segment in names, (why, host.name, sorted(names))
@@ -114,6 +136,112 @@ class Chain:
             for prefix, start, count in self.batches:
                 result = self.lab.check_keys(host, "dqlite", count, prefix, start=start)
                 assert result.get("ok"), (why, host.name, prefix, result)
+
+
+class Etcd:
+    """How the chain breaks an etcd cluster (power-off under writers on every host), and what it
+    checks after a completed recovery."""
+
+    name = "etcd"
+    every, past = 40, (0,)
+    # right after the safety archives, the replay, its journal record, the distribution, the restore,
+    # the 'starting' record and the start (the wait for the start commands after that record: the
+    # same task waits for none in the status and stop phases before it)
+    marks = (("showing its progress - safety archive", None), ("Replay the winner's whole log", None),
+             ("(source-built)", None), ("(distributed)", None), ("showing its progress - restore", None),
+             ("(starting)", None), ("Wait for every start command to finish", "(starting)"))
+    REPLAY_TASK = "TASK [quorum.recovery.recover : Replay the winner's whole log into a hashed snapshot, ONCE]"
+
+    def __init__(self, lab):
+        self.lab = lab
+        self.batches = [("key", 0, 1000)]
+        self.acknowledged: set = set()  # keys the writers were told were stored, over every break
+        self.top = None  # highest last index of any member when the current recovery began
+
+    def inventory(self) -> list:
+        return ["-i", str(self.lab.etcd_inventory_path), "-e", "recover_engine=etcd"]
+
+    def break_cluster(self, number: int) -> None:
+        """Write more keys, then power off every etcd member (SIGKILL) while writers on every host
+        put keys: what etcd acknowledged must all come back."""
+        host = self.lab.hosts()[0]
+        prefix = "brk%d-" % number
+        self.lab.client(host, "etcd-put", *self.lab.client_target(host, "etcd"), "--prefix", prefix,
+                        "--count", str(KEYS_PER_BREAK), "--size", "32")
+        self.batches.append((prefix, 0, KEYS_PER_BREAK))
+        cut = self.lab.power_off_mid_writes("etcd", seconds=1.0, prefix="ack%d" % number)
+        self.acknowledged |= cut["acknowledged"]
+        self.top = max(etcd_datadir.inspect_datadir(str(h.real_path(ETCD_DIR)), "quick")["log"]["last_index"]
+                       for h in self.lab.hosts())
+
+    def check_recovered(self, why: str, journal: dict, logs: list) -> None:
+        """The winner was the most advanced member; its run folder holds ONE source.db, the one its
+        manifest names; etcd_replay changed something once over every run of this recovery; every
+        member is healthy, in ONE cluster, and holds every key written so far."""
+        source = journal["plan"]["source"]
+        assert source["expected_last_index"] == self.top, (why, "the winner was not the most advanced member",
+                                                           source, self.top)
+        winner = next(h for h in self.lab.hosts() if h.name == source["host"])
+        run_dir = winner.real_path("%s/%s" % (BACKUPS, journal["recovery_id"]))
+        names = sorted(n for n in os.listdir(run_dir) if n.startswith("source.db"))
+        assert names == ["source.db", "source.db.json"], (why, names)
+        manifest = json.loads((run_dir / "source.db.json").read_text())
+        assert hashlib.sha256((run_dir / "source.db").read_bytes()).hexdigest() == manifest["sha256"], why
+        replays = sum(_changed_in(log, self.REPLAY_TASK) for log in logs)
+        assert replays == 1, (why, "etcd_replay changed=true %d times over %s" % (replays, [p.name for p in logs]))
+        clusters = set()
+        for host in self.lab.hosts():
+            health = self.lab.etcd_health(host)
+            assert health.get("health") is True, (why, host.name, health)
+            clusters.add(((self.lab.etcd_status(host) or {}).get("header") or {}).get("cluster_id"))
+            for prefix, start, count in self.batches:
+                result = self.lab.check_keys(host, "etcd", count, prefix, start=start)
+                assert result.get("ok"), (why, host.name, prefix, result)
+            missing = self.acknowledged - _etcd_keys(self.lab, host)
+            assert not missing, (why, host.name, "acknowledged keys missing", sorted(missing)[:20])
+        assert len(clusters) == 1 and None not in clusters, (why, clusters)
+
+
+ENGINES = {"dqlite": Dqlite, "etcd": Etcd}
+
+
+class Chain:
+    def __init__(self, lab, engine, workdir: Path):
+        self.lab = lab
+        self.engine = engine
+        self.workdir = workdir
+        self.controller = workdir / "controller"
+        self.runs = 0
+        self.breaks = 0
+        self.logs: list[Path] = []  # the logs of every run since the last break
+        self.recoveries = []
+
+    def playbook(self, kill=None, tasks_log=None) -> tuple[int, str]:
+        self.runs += 1
+        env = ansible_env()
+        env.update(ANSIBLE_CALLBACK_PLUGINS=str(CALLBACKS), ANSIBLE_CALLBACKS_ENABLED="kill_at_task",
+                   QR_KILL_TASK=kill[0] if kill else "", QR_KILL_OCCURRENCE=str(kill[1]) if kill else "0",
+                   QR_TASK_LOG=str(tasks_log or ""))
+        out = self.workdir / ("run-%03d.log" % self.runs)
+        self.logs.append(out)
+        with open(out, "w") as f:
+            proc = subprocess.run([str(BIN / "ansible-playbook"), *self.engine.inventory(),
+                                   "playbooks/recover.yml", "-e", "recover_confirm=yes",
+                                   "-e", "recover_controller_dir=%s" % self.controller],
+                                  stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, timeout=900, check=False)
+        return proc.returncode, out.read_text()
+
+    def break_cluster(self):
+        self.breaks += 1
+        self.logs = []
+        self.engine.break_cluster(self.breaks)
+
+    def check_recovered(self, why: str):
+        journals = [json.loads(h.real_path(BACKUPS + "/journal.json").read_text()) for h in self.lab.hosts()]
+        assert {j["recovery_id"] for j in journals} == {journals[0]["recovery_id"]}, why
+        journal = journals[0]
+        assert journal["status"] == "complete" and "verified" in journal["steps"], (why, journal["steps"])
+        self.engine.check_recovered(why, journal, self.logs)
         self.recoveries.append(journal["recovery_id"])
 
 
@@ -144,6 +272,22 @@ def _term1_changes(path: Path, above: int) -> list:
     return found
 
 
+def _etcd_keys(lab, host) -> set:
+    """Every key the member holds in its own store (serializable)."""
+    out = lab.etcdctl(host, "get", "", "--prefix", "--keys-only", "--consistency", "s", "-w", "json").stdout
+    return {base64.b64decode(kv["key"]).decode() for kv in json.loads(out).get("kvs", [])}
+
+
+def _changed_in(log: Path, task_header: str) -> int:
+    """How many hosts the default callback reported `changed` for under the task's header."""
+    text = log.read_text()
+    count = 0
+    for part in text.split(task_header)[1:]:
+        block = re.split(r"\n(?:TASK|RUNNING HANDLER|PLAY RECAP) \[", part, maxsplit=1)[0]
+        count += len(re.findall(r"^changed: \[", block, flags=re.M))
+    return count
+
+
 def _tasks(log: Path) -> list[tuple[str, int]]:
     """The started tasks of a run as (name, occurrence of that name)."""
     seen, tasks = {}, []
@@ -156,21 +300,21 @@ def _tasks(log: Path) -> list[tuple[str, int]]:
     return tasks
 
 
-def _spread(tasks) -> list[int]:
-    """CI's kill points: every 25th task, and right after (and one past) each step that changes the
-    cluster or records that it did."""
-    points = set(range(1, len(tasks) + 1, 25))
-    marks = ("Safety archive", "Reconfigure ONCE", "(source-built)", "Replace each other member", "(starting)",
-             "Start the winner")
-    for k, (name, _occ) in enumerate(tasks, 1):
-        if any(m in name for m in marks):
-            points.update({k, k + 1})
+def _spread(tasks, engine) -> list[int]:
+    """CI's kill points: every Nth task, and right after (dqlite: and one past) each step that
+    changes the cluster or records that it did."""
+    points = set(range(1, len(tasks) + 1, engine.every))
+    for k, (name, _occurrence) in enumerate(tasks, 1):
+        before = [earlier for earlier, _occ in tasks[:k - 1]]
+        if any(mark in name and (after is None or any(after in b for b in before)) for mark, after in engine.marks):
+            points.update(k + d for d in engine.past)
     return sorted(p for p in points if 1 <= p <= len(tasks))
 
 
 @pytest.mark.parametrize("sweep", ["spread", pytest.param("full", marks=pytest.mark.full)])
-def test_killed_after_every_task_and_rerun_it_converges(lab, tmp_path, sweep):
-    chain = Chain(lab, tmp_path)
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_killed_after_every_task_and_rerun_it_converges(lab, tmp_path, engine, sweep):
+    chain = Chain(lab, ENGINES[engine](lab), tmp_path)
     started = time.monotonic()
     # A first recovery, so that every later one starts from a finished journal (as in the field
     # after the first time): the baseline then also lists the already-done check's tasks.
@@ -185,7 +329,7 @@ def test_killed_after_every_task_and_rerun_it_converges(lab, tmp_path, sweep):
     rc, out = chain.playbook(tasks_log=tasks_log)
     assert rc == 0, out[-4000:]
     baseline = time.monotonic() - t0
-    # it began after a finished recovery, on a dead cluster: dqlite runs on no member, so the run
+    # it began after a finished recovery, on a dead cluster: the engine runs on no member, so the run
     # does not let the cluster settle first (refused is not slow; it used to wait up to a minute)
     settle = out.split("Ask the cluster for its members until they are as planned, at most seconds 60]", 1)
     assert len(settle) == 2 and all(line.startswith("skipping:") for line in settle[1].split("\n")[1:4]), \
@@ -193,7 +337,7 @@ def test_killed_after_every_task_and_rerun_it_converges(lab, tmp_path, sweep):
     chain.check_recovered("baseline")
     tasks = _tasks(tasks_log)
     assert len(tasks) > 50, tasks
-    points = list(range(1, len(tasks) + 1)) if sweep == "full" else _spread(tasks)
+    points = list(range(1, len(tasks) + 1)) if sweep == "full" else _spread(tasks, chain.engine)
 
     chain.break_cluster()
     killed, completed, log = 0, 0, []
@@ -217,9 +361,11 @@ def test_killed_after_every_task_and_rerun_it_converges(lab, tmp_path, sweep):
     # a run on the recovered cluster has nothing to do
     rc, out = chain.playbook()
     assert rc == 0 and "nothing to do" in out, out[-3000:]
-    summary = {"T": len(tasks), "kill_points": len(points), "killed": killed, "chain_completions": completed,
-               "recoveries": len(chain.recoveries), "runs": chain.runs, "baseline_s": round(baseline),
-               "total_s": round(time.monotonic() - started), "full": sweep == "full"}
+    summary = {"engine": engine, "T": len(tasks), "kill_points": len(points), "points": log,
+               "killed": killed, "chain_completions": completed, "recoveries": len(chain.recoveries),
+               "runs": chain.runs, "baseline_s": round(baseline), "total_s": round(time.monotonic() - started),
+               "full": sweep == "full"}
     print("KILL SWEEP", json.dumps(summary))
     (REPO / "build").mkdir(exist_ok=True)
-    (REPO / "build" / ("kill-sweep-%s.json" % sweep)).write_text(json.dumps(summary) + "\n")
+    name = "kill-sweep-%s.json" % sweep if engine == "dqlite" else "kill-sweep-%s-%s.json" % (engine, sweep)
+    (REPO / "build" / name).write_text(json.dumps(summary) + "\n")
