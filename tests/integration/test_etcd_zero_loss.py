@@ -13,9 +13,9 @@ well); the table counts the runs that had some. After the recovery: every acknow
 back (serializable, from each member's own copy) on every member, `endpoint health` is true on
 every member, and all of them answer with one cluster ID.
 
-Runs: the CI tier takes run 1 of each version; the full tier (marker `full`) adds runs 2-10.
+Runs: the CI tier takes run 1 on 3.4; the full tier (marker `full`) adds the other 19.
 Each run's numbers go to build/etcd-zero-loss.json (kept across the runs of one pytest session,
-one row per version and run); tests/RESULTS.md quotes the measured table.
+one row per version and run); tests/MEASURED.md quotes the measured table.
 """
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ RESULTS = REPO / "build" / "etcd-zero-loss.json"
 def _runs():
     for version in VERSIONS:
         for run in range(1, RUNS + 1):
-            marks = () if run == 1 else (pytest.mark.full,)
+            # CI: one run on 3.4 (3.5's power cut under writers is test_etcd_recover's TLS case)
+            marks = () if (version, run) == ("3.4", 1) else (pytest.mark.full,)
             yield pytest.param(version, run, marks=marks, id="%s-run%d" % (version, run))
 
 
@@ -108,7 +109,7 @@ def _save(row: dict) -> list:
 
 
 def table(rows: list) -> str:
-    """The Markdown table tests/RESULTS.md quotes."""
+    """The Markdown table tests/MEASURED.md quotes."""
     lines = ["| etcd | run | acknowledged | beyond db | beyond every commit | acknowledged beyond db "
              "| acknowledged beyond every commit | lost | recovery s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
