@@ -136,7 +136,7 @@ def test_power_off_under_writers_then_recover_loses_no_acknowledged_key(fresh_la
                        inventory=lab.etcd_inventory_path)
     took = time.monotonic() - t0
     (tmp_path / "recover.log").write_text(proc.stdout)
-    journal = json.loads(hosts[0].real_path("/var/backups/quorum-recovery/journal.json").read_text())
+    journal = json.loads(hosts[0].real_path("/var/backups/quorum-recovery/journal-etcd.json").read_text())
     assert journal["status"] == "complete", journal["steps"]
     winner = journal["plan"]["source"]["host"]
 

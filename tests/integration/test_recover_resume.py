@@ -93,6 +93,7 @@ class Dqlite:
     """How the chain breaks a dqlite cluster, and what it checks after a completed recovery."""
 
     name = "dqlite"
+    journal = "journal.json"  # the role keeps one journal per engine
     # CI's spread: every Nth task, and right after (and one past) each step that changes the cluster
     # or records that it did; a mark is (part of the task name, None or part of the name of a task
     # that must have come before)
@@ -143,14 +144,16 @@ class Etcd:
     checks after a completed recovery."""
 
     name = "etcd"
+    journal = "journal-etcd.json"
     every, past = 40, (0,)
     # right after the safety archives, the replay, its journal record, the distribution, the restore,
     # the 'starting' record and the start (the wait for the start commands after that record: the
     # same task waits for none in the status and stop phases before it)
-    marks = (("showing its progress - safety archive", None), ("Replay the winner's whole log", None),
+    marks = (("showing its progress - safety archive", None), ("showing its progress - replay", None),
              ("(source-built)", None), ("(distributed)", None), ("showing its progress - restore", None),
              ("(starting)", None), ("Wait for every start command to finish", "(starting)"))
-    REPLAY_TASK = "TASK [quorum.recovery.recover : Replay the winner's whole log into a hashed snapshot, ONCE]"
+    # the replay runs as a background job: the wait for it reports what it changed
+    REPLAY_TASK = "TASK [quorum.recovery.recover : Wait for the long step, showing its progress - replay of the winner's log]"
 
     def __init__(self, lab):
         self.lab = lab
@@ -237,7 +240,7 @@ class Chain:
         self.engine.break_cluster(self.breaks)
 
     def check_recovered(self, why: str):
-        journals = [json.loads(h.real_path(BACKUPS + "/journal.json").read_text()) for h in self.lab.hosts()]
+        journals = [json.loads(h.real_path(BACKUPS + "/" + self.engine.journal).read_text()) for h in self.lab.hosts()]
         assert {j["recovery_id"] for j in journals} == {journals[0]["recovery_id"]}, why
         journal = journals[0]
         assert journal["status"] == "complete" and "verified" in journal["steps"], (why, journal["steps"])
