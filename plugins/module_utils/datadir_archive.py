@@ -137,7 +137,8 @@ class _HashingWriter:
         self.handle.flush()
 
 
-def _fsync_dir(path):
+def fsync_dir(path: str) -> None:
+    """Make a rename or a new name in the folder `path` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -162,7 +163,7 @@ def _atomic(path, mode):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:

@@ -409,11 +409,7 @@ def run(module, progress):
         # the manifest first: a dest without one is never taken for a finished replay
         arch.write_atomic(manifest_path, json.dumps(manifest, indent=1, sort_keys=True).encode())
         os.rename(tmp, dest)
-        fd = os.open(os.path.dirname(dest), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        arch.fsync_dir(os.path.dirname(dest))
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -149,14 +149,6 @@ class _Refused(Exception):
     """A failure whose message is complete; main() turns it into fail_json."""
 
 
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _tool(bin_dir):
     for name in ("etcdutl", "etcdctl"):
         candidate = os.path.join(bin_dir, name)
@@ -262,7 +254,7 @@ def _restore(module, path, own, peers, want_member, want_cluster):
     os.rename(os.path.join(work, "member"), member_dir)
     os.rmdir(work)
     os.chmod(path, 0o700)
-    _fsync_dir(path)
+    arch.fsync_dir(path)
     return dict(changed=True, aside=moved, tool=argv)
 
 
