@@ -1,6 +1,7 @@
 """Shared test plumbing: the lab fixture and real ansible runs against the installed collection."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -34,6 +35,20 @@ def run_ansible(tool: str, *args, inventory: Path, check=True) -> subprocess.Com
         raise AssertionError("%s %s failed (%d):\n%s\n%s" % (tool, " ".join(map(str, args)), proc.returncode,
                                                              proc.stdout[-4000:], proc.stderr[-2000:]))
     return proc
+
+
+def fingerprint(directory, ctime: bool = False) -> dict:
+    """Every file under `directory`: relative name -> (sha256, size, mtime[, ctime]). Equal before
+    and after a run = the run changed no byte and touched no file (ctime: not even its metadata)."""
+    out = {}
+    for root, _dirs, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            st = os.stat(path)
+            with open(path, "rb") as handle:
+                out[os.path.relpath(path, directory)] = (hashlib.sha256(handle.read()).hexdigest(), st.st_size,
+                                                         st.st_mtime_ns) + ((st.st_ctime_ns,) if ctime else ())
+    return out
 
 
 def json_lines(text: str) -> list[dict]:

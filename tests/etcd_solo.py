@@ -153,16 +153,3 @@ def member_behind(root: Path, version: str, keys: int = 500, tail: int = 50, com
     shutil.copy2(root / "db.early", data / "member" / "snap" / "db")  # the db behind its WAL
     return {"data": data, "expected": expected, "late": late, "first_status": ci_status, "restart_status": status,
             "final_status": final, "bin_dir": bin_dir, "committed_tail": committed_tail}
-
-
-def fingerprint(directory: Path) -> dict:
-    import hashlib  # pylint: disable=import-outside-toplevel
-    out = {}
-    for root, _dirs, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(root, name)
-            st = os.stat(path)
-            with open(path, "rb") as handle:
-                out[os.path.relpath(path, directory)] = (hashlib.sha256(handle.read()).hexdigest(), st.st_size,
-                                                         st.st_mtime_ns)
-    return out

@@ -13,7 +13,6 @@ and several that do not. The module runs over SSH and must leave every byte and 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -23,7 +22,7 @@ import time
 
 import pytest
 
-from conftest import run_ansible
+from conftest import fingerprint, run_ansible
 from etcd_oracle import etcd_argv, etcdctl_argv, real_start, scratch_url
 
 from ansible_collections.quorum.recovery.plugins.module_utils import election, etcd_datadir
@@ -32,18 +31,6 @@ SOLO_CLIENT_PORT, SOLO_PEER_PORT = 23791, 23801
 # etcd 3.5 turned --pre-vote on by default (the lab does not set it): a member cut off from the
 # others asks whether it could win before it campaigns, and never raises its term for nothing
 PRE_VOTE = {"3.4": False, "3.5": True}
-
-
-def _fingerprint(directory):
-    out = {}
-    for root, _dirs, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(root, name)
-            st = os.stat(path)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, directory)] = (hashlib.sha256(f.read()).hexdigest(), st.st_size,
-                                                         st.st_mtime_ns, st.st_ctime_ns)
-    return out
 
 
 def _run(lab, hosts, args):
@@ -85,10 +72,10 @@ def test_offline_facts_equal_what_etcd_reports_and_nothing_changes(lab):
     time.sleep(1.0)  # let followers apply
     status = {h.name: lab.etcd_status(h) for h in hosts}
     lab.power_off("etcd")
-    before = {h.name: _fingerprint(h.real_path("/var/lib/etcd")) for h in hosts}
+    before = {h.name: fingerprint(h.real_path("/var/lib/etcd"), ctime=True) for h in hosts}
     facts = _facts(lab)
     quick = _facts(lab, depth="quick")
-    assert {h.name: _fingerprint(h.real_path("/var/lib/etcd")) for h in hosts} == before, "module changed a dir"
+    assert {h.name: fingerprint(h.real_path("/var/lib/etcd"), ctime=True) for h in hosts} == before, "module changed a dir"
     for host in hosts:
         member, running = facts[host.name], status[host.name]
         assert member["verdict"] == "healthy" and not _errors(member), (host.name, member["problems"])

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -24,7 +23,7 @@ import time
 
 import pytest
 
-from conftest import Lab, run_ansible
+from conftest import Lab, fingerprint, run_ansible
 
 PLAYBOOK = "playbooks/recover.yml"
 STATE_DIR = "/var/backups/quorum-recovery"
@@ -62,9 +61,11 @@ def _status(lab, host) -> dict:
     return json.loads(lab.etcdctl(host, "endpoint", "status", "-w", "json").stdout)[0]["Status"]
 
 
-def _acked_keys(lab, prefix="acked", count=300):
-    """The keys lab.churn(prefix, count) wrote, as the lab's client names them."""
-    return {"%s%06d" % (prefix, i) for i in range(count)}
+def _write_acked(lab, host, count=300) -> set:
+    """`count` keys written through `host`, each acknowledged before the next: the keys, as the
+    lab's client names them."""
+    lab.churn(host, "etcd", count, 64, prefix="acked")
+    return {"acked%06d" % i for i in range(count)}
 
 
 def _assert_recovered(lab, survivors, must_have: set, output: str, replayed=True):
@@ -92,17 +93,7 @@ def _assert_recovered(lab, survivors, must_have: set, output: str, replayed=True
 
 
 def _data_fingerprint(lab, hosts) -> dict:
-    out = {}
-    for host in hosts:
-        root = host.real_path(ETCD_DIR)
-        for dirpath, _dirs, files in os.walk(root):
-            for name in files:
-                path = os.path.join(dirpath, name)
-                st = os.stat(path)
-                with open(path, "rb") as handle:
-                    out[(host.name, os.path.relpath(path, root))] = (
-                        hashlib.sha256(handle.read()).hexdigest(), st.st_size, st.st_mtime_ns)
-    return out
+    return {(host.name, name): found for host in hosts for name, found in fingerprint(host.real_path(ETCD_DIR)).items()}
 
 
 def _second_run_changes_nothing(lab):
@@ -115,7 +106,7 @@ def _partitioned_member_does_not_win(lab):
     h1, h2, h3 = hosts
     lab.partition(h3)
     lab._wait(lambda: (_status(lab, h1) or {}).get("leader") not in (None, 0), 60, "a leader on the majority side")
-    lab.churn(h1, "etcd", 300, 64, prefix="acked")  # acknowledged while h3 is cut off
+    acked = _write_acked(lab, h1)  # acknowledged while h3 is cut off
     time.sleep(3)  # h3, alone, campaigns: its HardState term rises above every log term
     lab.power_off("etcd")
     lab.heal(h3)
@@ -126,7 +117,7 @@ def _partitioned_member_does_not_win(lab):
     assert not any(h.real_path(STATE_DIR).exists() for h in hosts), "--check wrote a journal"
     proc = _recover(lab)
     assert _plan_winner(proc.stdout) in ("h1", "h2"), "h3 was cut off, yet won:\n" + proc.stdout[-3000:]
-    _assert_recovered(lab, hosts, _acked_keys(lab), proc.stdout)
+    _assert_recovered(lab, hosts, acked, proc.stdout)
     _second_run_changes_nothing(lab)
 
 
@@ -164,7 +155,7 @@ def test_two_of_three_lost_for_good(fresh_lab, version):
     lab = fresh_lab
     hosts = lab.up(3, keys=500, etcd_version=version)
     h1, h2, h3 = hosts
-    lab.churn(h1, "etcd", 300, 64, prefix="acked")
+    acked = _write_acked(lab, h1)
     for host in (h2, h3):
         lab.kill(host, "etcd")
         lab.kill(host, "dqlite")
@@ -175,7 +166,7 @@ def test_two_of_three_lost_for_good(fresh_lab, version):
         refused.stdout[-3000:]
     proc = _recover(lab, {"recover_lost": ["h2", "h3"]})
     assert _plan_winner(proc.stdout) == "h1"
-    _assert_recovered(lab, [h1], _acked_keys(lab), proc.stdout)
+    _assert_recovered(lab, [h1], acked, proc.stdout)
 
 
 def _first_wal(host):
@@ -189,7 +180,7 @@ def test_a_member_with_a_corrupt_wal_and_one_with_a_corrupt_db(fresh_lab, versio
     lab = fresh_lab
     hosts = lab.up(3, keys=500, etcd_version=version)
     h1, h2, h3 = hosts
-    lab.churn(h1, "etcd", 300, 64, prefix="acked")
+    acked = _write_acked(lab, h1)
     lab.power_off("etcd")
     # a CRC break in the middle of h2's log, and a bbolt page of h3's db overwritten
     lab.corrupt(h2, "%s/member/wal/%s" % (ETCD_DIR, _first_wal(h2)), offset=20000, flip=8)
@@ -199,7 +190,7 @@ def test_a_member_with_a_corrupt_wal_and_one_with_a_corrupt_db(fresh_lab, versio
     assert "unusable" in shown.stdout, shown.stdout[-3000:]
     proc = _recover(lab, {"recover_accept_loss": True})
     assert _plan_winner(proc.stdout) == "h1", proc.stdout[-3000:]
-    _assert_recovered(lab, hosts, _acked_keys(lab), proc.stdout)
+    _assert_recovered(lab, hosts, acked, proc.stdout)
     # the damaged directories were moved aside inside the data dir, not deleted
     for host in (h2, h3):
         aside = [n for n in os.listdir(host.real_path(ETCD_DIR)) if n.startswith("member.replaced-")]
@@ -212,7 +203,7 @@ def test_a_member_whose_peer_address_changed(fresh_lab, version):
     lab = fresh_lab
     hosts = lab.up(3, keys=500, etcd_version=version)
     h1, h2, h3 = hosts
-    lab.churn(h1, "etcd", 300, 64, prefix="acked")
+    acked = _write_acked(lab, h1)
     lab.power_off("etcd")
     lab.service(h3, "dqlite", "stop")
     new = str(lab.subnet.network_address + 23)
@@ -222,7 +213,7 @@ def test_a_member_whose_peer_address_changed(fresh_lab, version):
         refused.stdout[-3000:]
     proc = _recover(lab, {"recover_addresses": {"h3": moved.etcd_peer_url}})
     assert moved.etcd_peer_url in proc.stdout
-    _assert_recovered(lab, [h1, h2, moved], _acked_keys(lab), proc.stdout)
+    _assert_recovered(lab, [h1, h2, moved], acked, proc.stdout)
 
 
 @pytest.mark.full
@@ -230,7 +221,7 @@ def test_a_member_whose_peer_address_changed(fresh_lab, version):
 def test_five_members_losing_three(fresh_lab, version):
     lab = fresh_lab
     hosts = lab.up(5, keys=500, etcd_version=version)
-    lab.churn(hosts[0], "etcd", 300, 64, prefix="acked")
+    acked = _write_acked(lab, hosts[0])
     for host in hosts[2:]:
         lab.kill(host, "etcd")
         lab.kill(host, "dqlite")
@@ -238,7 +229,7 @@ def test_five_members_losing_three(fresh_lab, version):
     for host in hosts[:2]:
         lab.service(host, "etcd", "stop")
     proc = _recover(lab, {"recover_lost": [h.name for h in hosts[2:]]})
-    _assert_recovered(lab, hosts[:2], _acked_keys(lab), proc.stdout)
+    _assert_recovered(lab, hosts[:2], acked, proc.stdout)
 
 
 @pytest.mark.full

@@ -22,7 +22,8 @@ import time
 import pytest
 
 from conftest import run_ansible
-from etcd_solo import ENGINES, VERSIONS, Solo, fingerprint, member_behind
+from conftest import fingerprint
+from etcd_solo import ENGINES, VERSIONS, Solo, member_behind
 
 from ansible_collections.quorum.recovery.plugins.module_utils import etcd_datadir, etcd_wal_write
 

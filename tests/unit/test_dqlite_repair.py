@@ -3,13 +3,13 @@ only what the inspection proposes, check mode changes nothing, a repair already 
 again (a resumed recovery runs it again), and the diff is the listing read back from disk."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 
 import pytest
 
+from conftest import fingerprint
 from dqlite_builder import batch, configuration, metadata, segment
 
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_datadir
@@ -66,15 +66,8 @@ def _proposed(directory):
 
 
 def _fingerprint(*directories):
-    out = {}
-    for directory in directories:
-        for root, _dirs, files in os.walk(directory):
-            for name in files:
-                path = os.path.join(root, name)
-                st = os.stat(path)
-                with open(path, "rb") as handle:
-                    out[path] = (hashlib.sha256(handle.read()).hexdigest(), st.st_size, st.st_mtime_ns)
-    return out
+    return {os.path.join(directory, name): found for directory in directories
+            for name, found in fingerprint(directory).items()}
 
 
 def _repair(directory, repairs, check_mode=False):
