@@ -21,6 +21,8 @@ def main(argv=None) -> int:
                     help="etcd to run (env QRLAB_ETCD_VERSION; default 3.4, Debian's)")
     up.add_argument("--etcd-tls", action=argparse.BooleanOptionalAction, default=None,
                     help="etcd over https with client and peer certificates (env QRLAB_ETCD_TLS=1)")
+    up.add_argument("--backup-host", action="store_true",
+                    help="one more host, sshd only, in the inventories' group backup_hosts (backup.yml's destination)")
     down = sub.add_parser("down", help="stop every lab process and remove namespaces, links, mounts")
     down.add_argument("--keep-state", action="store_true", help="keep the hosts' data directories")
     sub.add_parser("status", help="print the member table")
@@ -62,7 +64,8 @@ def main(argv=None) -> int:
         lab = Lab(args.state, args.subnet, etcd_version=getattr(args, "etcd_version", None),
                   etcd_tls=getattr(args, "etcd_tls", None))
         if args.cmd == "up":
-            lab.up(args.hosts, keys=args.keys, etcd_snapshot_count=args.etcd_snapshot_count)
+            lab.up(args.hosts, keys=args.keys, etcd_snapshot_count=args.etcd_snapshot_count,
+                   backup_host=args.backup_host)
             print(lab.table())
             print("\netcd %s%s (%s)" % (lab.etcd_version, " with TLS" if lab.etcd_tls else "", lab.etcd_bin_dir))
             print("inventory: %s" % lab.inventory_path)

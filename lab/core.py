@@ -43,24 +43,27 @@ class Lab(EtcdEngine, DqliteEngine, Faults):
         self._etcd_tls_wanted = wanted_etcd_tls(etcd_tls)
 
     def up(self, count: int = 3, keys: int = 1000, etcd_snapshot_count: int = 1000,
-           etcd_version: str | None = None, etcd_tls: bool | None = None) -> list[Host]:
+           etcd_version: str | None = None, etcd_tls: bool | None = None, backup_host: bool = False) -> list[Host]:
         """Bring up `count` hosts with healthy etcd and dqlite clusters, `keys` keys in each.
-        etcd_version and etcd_tls default to what the Lab was made with."""
-        if not 1 <= count <= MAX_HOSTS:
+        etcd_version and etcd_tls default to what the Lab was made with. backup_host adds one
+        more host, with sshd and no engine, in the inventories' group backup_hosts."""
+        if not 1 <= count <= MAX_HOSTS - (1 if backup_host else 0):
             raise LabError("host count must be 1..%d, got %d" % (MAX_HOSTS, count))
         etcd_version = wanted_etcd_version(etcd_version or self._etcd_version_wanted)
         etcd_tls = self._etcd_tls_wanted if etcd_tls is None else bool(etcd_tls)
         self._preflight(self._etcd_tools(etcd_version) + self.DQLITE_TOOLS + (("openssl",) if etcd_tls else ()))
         self.down()  # whatever a crashed run left behind
         self._record(hosts=count, subnet=str(self.subnet), created=[], up=False, addresses={},
-                     etcd_snapshot_count=etcd_snapshot_count, etcd_version=etcd_version, etcd_tls=etcd_tls)
+                     etcd_snapshot_count=etcd_snapshot_count, etcd_version=etcd_version, etcd_tls=etcd_tls,
+                     backup_host=backup_host)
         hosts = self.hosts(count)
+        every = self.hosts(count + 1) if backup_host else hosts
         try:
-            self._make_dirs(hosts)
-            for host in hosts:  # mount namespaces first, so none holds a netns mount
+            self._make_dirs(every)
+            for host in every:  # mount namespaces first, so none holds a netns mount
                 self._make_mount_ns(host)
-            self._make_network(hosts)
-            self._start_sshd(hosts)
+            self._make_network(every)
+            self._start_sshd(every)
             if etcd_tls:
                 self._make_etcd_pki(hosts)
             self._write_host_configs(hosts)
@@ -116,6 +119,7 @@ class Lab(EtcdEngine, DqliteEngine, Faults):
             "children": {
                 "etcd": {"hosts": {h.name: None for h in hosts}},
                 "dqlite": self._dqlite_inventory_group(hosts),
+                **self._backup_group(),
             },
             "hosts": {h.name: {
                 "ansible_host": h.address,
@@ -130,9 +134,14 @@ class Lab(EtcdEngine, DqliteEngine, Faults):
         second file, because group variables of two groups on the same hosts would collide."""
         self._write_yaml(self.etcd_inventory_path, {"all": {
             "vars": {**self._connection_vars(), "etcd_data_dir": ETCD_DIR},
-            "children": {"etcd": self._etcd_inventory_group(hosts)},
+            "children": {"etcd": self._etcd_inventory_group(hosts), **self._backup_group()},
             "hosts": {h.name: {"ansible_host": h.address, **self._etcd_host_vars(h)} for h in hosts},
         }})
+
+    def _backup_group(self) -> dict:
+        """The inventories' backup_hosts group: the backup host, when the lab has one."""
+        host = self.backup_host
+        return {"backup_hosts": {"hosts": {host.name: {"ansible_host": host.address}}}} if host else {}
 
     @staticmethod
     def _write_yaml(path: Path, inventory: dict) -> None:

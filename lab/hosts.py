@@ -43,7 +43,18 @@ class Hosts:
         """Host fields an engine sets from the lab's settings (say, etcd's TLS mode)."""
         return {}
 
+    @property
+    def backup_host(self) -> Host | None:
+        """The lab's backup host (up(backup_host=True)): sshd only, no engine; the next host after
+        the members."""
+        recorded = self._recorded()
+        if not recorded.get("backup_host"):
+            return None
+        return self.hosts(recorded.get("hosts", 0) + 1)[-1]
+
     def host(self, name: str) -> Host:
+        if self.backup_host and self.backup_host.name == name:
+            return self.backup_host
         for host in self.hosts():
             if host.name == name:
                 return host
@@ -249,7 +260,7 @@ class Hosts:
 
     def _write_known_hosts(self) -> None:
         known = []
-        for host in self.hosts():
+        for host in self.hosts(MAX_HOSTS):  # the members and the backup host, if any
             key = host.private("etc") / "ssh_host_ed25519_key.pub"
             if key.exists():
                 known.append("%s %s" % (host.address, " ".join(key.read_text().split()[:2])))

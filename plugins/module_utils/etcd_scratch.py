@@ -27,6 +27,35 @@ import time
 STOP_GRACE = 10  # seconds between SIGTERM and SIGKILL
 
 
+def restore_tool(bin_dir):
+    """(name, path) of the tool that restores a snapshot: etcdutl (3.5+), else etcdctl (3.4);
+    None when bin_dir has neither."""
+    for name in ("etcdutl", "etcdctl"):
+        candidate = os.path.join(bin_dir, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return name, candidate
+    return None
+
+
+def restore_snapshot(bin_dir, snapshot, data_dir, name, peers, token, own_peer_url, extra=()):
+    """`snapshot restore` of `snapshot` into the new folder `data_dir` for member `name` of the
+    cluster `peers` [(name, peer URL)]; returns the argv it ran. Raises RuntimeError with the
+    tool's message when it fails (data_dir may then hold a partial restore: the caller's own)."""
+    found = restore_tool(bin_dir)
+    if not found:
+        raise RuntimeError("bin_dir=%s has neither etcdutl nor etcdctl" % bin_dir)
+    tool_name, tool = found
+    argv = [tool, "snapshot", "restore", snapshot, "--name", name,
+            "--initial-cluster", ",".join("%s=%s" % (n, a) for n, a in peers),
+            "--initial-cluster-token", token, "--initial-advertise-peer-urls", own_peer_url,
+            "--data-dir", data_dir] + list(extra)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, ETCDCTL_API="3"), check=False)
+    if proc.returncode:
+        raise RuntimeError("%s snapshot restore failed (%d): %s"
+                           % (tool_name, proc.returncode, (proc.stderr or proc.stdout).strip()[-1500:]))
+    return argv
+
+
 def _die_with_parent():
     """Run in the child before exec: the kernel SIGKILLs the scratch etcd when the module's process
     ends, however it ends (a playbook killed mid-run, a module killed by its async wrapper), so no

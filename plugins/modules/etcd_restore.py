@@ -135,26 +135,18 @@ tool:
 
 import os
 import shutil
-import subprocess
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
 from ansible_collections.quorum.recovery.plugins.module_utils import etcd_datadir
 from ansible_collections.quorum.recovery.plugins.module_utils import etcd_plan
+from ansible_collections.quorum.recovery.plugins.module_utils import etcd_scratch
 
 WORK = ".quorum-restore"  # inside path: the restore is made here, then renamed into place
 
 
 class _Refused(Exception):
     """A failure whose message is complete; main() turns it into fail_json."""
-
-
-def _tool(bin_dir):
-    for name in ("etcdutl", "etcdctl"):
-        candidate = os.path.join(bin_dir, name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return name, candidate
-    raise _Refused("bin_dir=%s has neither etcdutl nor etcdctl; nothing was changed" % bin_dir)
 
 
 def _reads_as(directory, want_member, want_cluster, peers):
@@ -209,21 +201,13 @@ def _snapshot(module):
 
 def _run_restore(module, snapshot, work, own, peers):
     p = module.params
-    name, tool = _tool(p["bin_dir"])
-    argv = [tool, "snapshot", "restore", snapshot, "--name", own["name"],
-            "--initial-cluster", ",".join("%s=%s" % (n, a) for n, a in peers),
-            "--initial-cluster-token", p["token"], "--initial-advertise-peer-urls", own["address"],
-            "--data-dir", work]
-    if p["bump_revision"]:
-        argv += ["--bump-revision", str(p["bump_revision"]), "--mark-compacted"]
-    if p["skip_hash_check"]:
-        argv.append("--skip-hash-check")
-    env = dict(os.environ, ETCDCTL_API="3")
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode:
-        raise _Refused("%s snapshot restore failed (%d): %s; the member's own directory is untouched"
-                       % (name, proc.returncode, (proc.stderr or proc.stdout).strip()[-1500:]))
-    return argv
+    extra = (["--bump-revision", str(p["bump_revision"]), "--mark-compacted"] if p["bump_revision"] else []) \
+        + (["--skip-hash-check"] if p["skip_hash_check"] else [])
+    try:
+        return etcd_scratch.restore_snapshot(p["bin_dir"], snapshot, work, own["name"], peers, p["token"],
+                                             own["address"], extra)
+    except RuntimeError as exc:
+        raise _Refused("%s; the member's own directory is untouched" % exc)
 
 
 def _restore(module, path, own, peers, want_member, want_cluster):
