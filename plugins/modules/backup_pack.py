@@ -9,7 +9,7 @@ DOCUMENTATION = r"""
 ---
 module: backup_pack
 short_description: Pack a backup's files into its payload and manifest, encrypted with age on request
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Writes the payload C(NAME.tar) (or C(NAME.tar.age) with O(recipients)) and then the manifest C(NAME.json) into
     O(folder), as docs/backup-format.md defines them; each to a temporary name, fsync'd, renamed, the folder

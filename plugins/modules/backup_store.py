@@ -9,7 +9,7 @@ DOCUMENTATION = r"""
 ---
 module: backup_store
 short_description: Take a backup that arrived at a destination into its folder, checked, under its real name
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Runs where backups are kept (a backup host, or the controller as localhost). Reads the manifest that arrived
     (O(manifest)), checks the payload that arrived (O(payload)) against it (size and sha256), then renames the

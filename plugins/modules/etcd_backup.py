@@ -9,7 +9,7 @@ DOCUMENTATION = r"""
 ---
 module: etcd_backup
 short_description: Save a snapshot of a running etcd member and prove it restores, on that member
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Asks the member at O(endpoint) for its status (cluster ID, member ID, raft term and index, revision,
     version, leader); refuses, writing nothing, when it has no leader (a member that lost quorum serves no

@@ -1,0 +1,262 @@
+"""Backups (playbooks/backup.yml, role quorum.recovery.backup) on the real lab: 3 etcd members and a
+backup host (h4, sshd only), real SSH, real ansible-playbook, and the AWX engine (ansible-runner)
+run exactly as AWX runs a job: a private data dir with inventory, extra vars and env, no TTY.
+
+What is checked on every backup taken here (check_backup): at every destination the manifest
+names a payload whose size and sha256 match, the payload (decrypted when encrypted) is a tar
+whose files match the manifest's sha256s, the verification says ok with the revision and key
+count the member gave, and the counter is higher than every earlier one.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, REPO, ansible_env, fingerprint, run_ansible
+from lab import Lab
+
+STORE = "/var/backups/quorum-recovery-store"
+SUBDIR = "etcd/etcd"  # CLUSTER/ENGINE: the cluster is named after the inventory group
+STATE = "/var/backups/quorum-recovery"
+
+
+@pytest.fixture(scope="module")
+def blab():
+    the_lab = Lab()
+    try:
+        the_lab.up(3, keys=1000, backup_host=True)
+        yield the_lab
+    finally:
+        the_lab.down()
+
+
+def _store_on(lab: Lab, host_name: str) -> Path:
+    """The backup folder as the host sees it, read from the controller (its private /var)."""
+    return lab.host(host_name).real_path(STORE + "/" + SUBDIR)
+
+
+def manifests(folder: Path) -> dict:
+    return {p.name[:-5]: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+
+
+def _tar_files(blob: bytes) -> dict:
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        return {m.name: hashlib.sha256(tar.extractfile(m).read()).hexdigest() for m in tar.getmembers()}
+
+
+def check_backup(folder: Path, name: str, identity: Path | None = None) -> dict:
+    manifest = json.loads((folder / (name + ".json")).read_text())
+    payload = folder / manifest["payload"]["file"]
+    blob = payload.read_bytes()
+    assert len(blob) == manifest["payload"]["size"]
+    assert hashlib.sha256(blob).hexdigest() == manifest["payload"]["sha256"]
+    if manifest["payload"]["encrypted"]:
+        assert blob.startswith(b"age-encryption.org/v1"), "an encrypted payload must be age ciphertext"
+        assert identity, "encrypted, and no identity given"
+        blob = subprocess.run(["age", "-d", "-i", str(identity)], input=blob, capture_output=True, check=True).stdout
+    inside = _tar_files(blob)
+    for entry in manifest["files"]:
+        assert inside[entry["name"]] == entry["sha256"], entry
+    assert manifest["verified"]["result"] == "ok", manifest["verified"]
+    read_back = manifest["verified"]["details"]["read_back"]
+    assert read_back["revision"] == manifest["position"]["revision"]
+    assert read_back["keys"] == manifest["position"]["keys"]
+    return manifest
+
+
+def backup(lab: Lab, *extra, check=True):
+    args = ["-e", "recover_engine=etcd"]
+    for item in extra:
+        args += ["-e", item if isinstance(item, str) else json.dumps(item)]
+    return run_ansible("ansible-playbook", REPO / "playbooks" / "backup.yml", *args,
+                       inventory=lab.etcd_inventory_path, check=check)
+
+
+def test_backup_through_ansible_runner_as_awx_does(blab, tmp_path):
+    """awx_backup.yml (the top-level wrapper AWX lists) run by ansible-runner with a private data
+    dir: status successful, the backup at the backup host and the controller, verified, and the
+    job's events carry the progress lines."""
+    import ansible_runner  # the AWX engine, pinned in requirements.txt
+
+    controller = tmp_path / "controller-store"
+    private = tmp_path / "runner"
+    (private / "inventory").mkdir(parents=True)
+    shutil.copy(blab.etcd_inventory_path, private / "inventory" / "hosts.yml")
+    env = ansible_env()
+    before = {n: m["counter"] for n, m in manifests(_store_on(blab, "h4")).items()}
+    result = ansible_runner.run(
+        private_data_dir=str(private), project_dir=str(REPO), playbook="awx_backup.yml",
+        extravars={"recover_engine": "etcd", "backup_controller_dir": str(controller), "backup_progress_interval": 0.2},
+        # as in an EE: ansible-playbook on PATH, the collection installed where Ansible looks
+        envvars={"PATH": "%s:%s" % (BIN, os.environ.get("PATH", "")),
+                 **{k: env[k] for k in ("ANSIBLE_COLLECTIONS_PATH", "ANSIBLE_CONFIG")}},
+        quiet=True)
+    status = (private / "artifacts" / result.config.ident / "status").read_text().strip()
+    stdout = "".join(e.get("stdout", "") + "\n" for e in result.events)
+    assert status == "successful", stdout[-5000:]
+    assert result.rc == 0
+    at_h4 = manifests(_store_on(blab, "h4"))
+    new = sorted(set(at_h4) - set(before))
+    assert len(new) == 1, (new, stdout[-3000:])
+    name = new[0]
+    manifest = check_backup(_store_on(blab, "h4"), name)
+    assert manifest["counter"] > max(before.values(), default=0)
+    assert manifest["position"]["keys"] == 1000  # the lab loaded 1000 keys and nothing else
+    assert manifest["source"]["chosen"] == "elected"
+    mine = check_backup(controller / SUBDIR, name)
+    assert mine["payload"]["sha256"] == manifest["payload"]["sha256"]
+    # the transfers' progress and the background snapshot's wait reached the job's events
+    assert re.search(r"\[%s\.tar to the controller\]: fetched .* in " % re.escape(name), stdout), stdout[-3000:]
+    assert re.search(r"\[%s\.tar to h4\]: sent .* in " % re.escape(name), stdout), stdout[-3000:]
+    assert "backup %s (counter %d)" % (name, manifest["counter"]) in stdout
+
+
+def test_encrypted_backup_round_trip_and_no_plaintext_on_the_backup_host(blab, tmp_path):
+    identity = tmp_path / "identity.txt"
+    subprocess.run(["age-keygen", "-o", str(identity)], capture_output=True, check=True)
+    recipient = subprocess.run(["age-keygen", "-y", str(identity)], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    before = set(manifests(_store_on(blab, "h4")))
+    out = backup(blab, {"backup_recipients": [recipient]}).stdout
+    name = (set(manifests(_store_on(blab, "h4"))) - before).pop()
+    manifest = check_backup(_store_on(blab, "h4"), name, identity)
+    assert manifest["payload"]["encrypted"] and manifest["payload"]["recipients"] == [recipient]
+    assert "encrypted to 1 age recipient" in out
+    # nothing of this backup on the backup host is plaintext (earlier tests stored plain ones):
+    # no tar of it, and no file there (its arrival folder included) holds the snapshot's bytes
+    snapshot_sha = {e["sha256"] for e in manifest["files"]}
+    for root, _dirs, names in os.walk(blab.host("h4").real_path(STORE)):
+        for file_name in names:
+            if name not in file_name and ".incoming" not in root:
+                continue
+            data = Path(root, file_name).read_bytes()
+            assert not file_name.endswith(".tar"), file_name
+            assert hashlib.sha256(data).hexdigest() not in snapshot_sha
+            assert b"MANIFEST.json" not in data, file_name  # the tar's own header would show it
+    # a wrong identity cannot read it
+    other = tmp_path / "other.txt"
+    subprocess.run(["age-keygen", "-o", str(other)], capture_output=True, check=True)
+    payload = _store_on(blab, "h4") / manifest["payload"]["file"]
+    wrong = subprocess.run(["age", "-d", "-i", str(other), str(payload)], capture_output=True, check=False)
+    assert wrong.returncode != 0 and b"no identity matched" in wrong.stderr
+
+
+def _fingerprints(lab: Lab) -> dict:
+    found = {"h4": fingerprint(lab.host("h4").real_path(STORE)) if lab.host("h4").real_path(STORE).exists() else {}}
+    for host in lab.hosts():
+        folder = host.real_path(STATE)
+        found[host.name] = fingerprint(folder) if folder.exists() else {}
+    return found
+
+
+BAD_INPUTS = [
+    ({"backup_cluster": "../prod"}, "backup_cluster=../prod"),
+    ({"backup_source": "h9"}, "backup_source=h9: not a member of etcd"),
+    ({"backup_recipients": ["not-a-key"]}, "backup_recipients=['not-a-key']"),
+    ({"backup_recipients": "age1xyz"}, "backup_recipients=age1xyz"),
+    ({"backup_retention": {"hourly": "many"}}, "backup_retention="),
+    ({"backup_retention": {"yearly": 3}}, "backup_retention="),
+    ({"backup_dest_dir": "relative/dir"}, "backup_dest_dir=relative/dir"),
+    ({"backup_controller_dir": "/tmp/../etc"}, "backup_controller_dir=/tmp/../etc"),
+    ({"backup_hosts_group": "etcd"}, "backup_hosts_group=etcd holds members of the cluster"),
+    ({"backup_hosts_group": "nowhere"}, "no destination"),
+    ({"backup_recipient": ["age1"]}, "unknown variable backup_recipient, did you mean backup_recipients?"),
+    ({"backup_step_timeout": 0}, "backup_step_timeout=0"),
+    ({"recover_flavor": "consul"}, "recover_flavor=consul"),
+]
+
+
+def test_bad_inputs_are_refused_naming_them_and_nothing_is_written(blab):
+    before = _fingerprints(blab)
+    for extra, expected in BAD_INPUTS:
+        proc = backup(blab, extra, check=False)
+        assert proc.returncode != 0, extra
+        assert expected in proc.stdout, (extra, proc.stdout[-2500:])
+        assert "nothing was written" in proc.stdout, (extra, proc.stdout[-2500:])
+    assert _fingerprints(blab) == before
+
+
+def test_operator_named_source_and_an_unhealthy_one(blab):
+    before = set(manifests(_store_on(blab, "h4")))
+    backup(blab, "backup_source=h1")
+    name = (set(manifests(_store_on(blab, "h4"))) - before).pop()
+    manifest = check_backup(_store_on(blab, "h4"), name)
+    assert manifest["source"] == {**manifest["source"], "host": "h1", "chosen": "operator"}
+    # a member that does not answer is never the source, and naming it is refused
+    blab.kill(blab.host("h2"), "etcd")
+    try:
+        before = _fingerprints(blab)
+        proc = backup(blab, "backup_source=h2", check=False)
+        assert proc.returncode != 0
+        assert "backup_source=h2 is not healthy" in proc.stdout, proc.stdout[-2500:]
+        assert _fingerprints(blab)["h4"] == before["h4"]
+        out = backup(blab).stdout
+        assert re.search(r"source h[13] \(elected\)", out), out[-2500:]
+    finally:
+        blab.start_etcd([blab.host("h2")])
+
+
+def _real_names(folder: Path) -> list[str]:
+    return sorted(n for n in os.listdir(folder) if re.match(r"^etcd-etcd-\d{10}-\d{8}T\d{6}Z\.(tar|tar\.age|json)$", n)) \
+        if folder.is_dir() else []
+
+
+@pytest.mark.parametrize("after", [2.5, 5.0, 7.5])
+def test_killed_backup_leaves_nothing_partial_and_the_next_run_succeeds(blab, after):
+    """ansible-playbook SIGKILLed (with every process it started) `after` seconds in: every file
+    under a backup's real name at every destination is whole (a manifest's payload matches it; a
+    payload without its manifest was renamed in whole and is no backup); the next run succeeds
+    with a higher counter than any before, and no scratch etcd is left running."""
+    store = _store_on(blab, "h4")
+    counters_before = [m["counter"] for m in manifests(store).values()]
+    proc = subprocess.Popen([str(BIN / "ansible-playbook"), "-i", str(blab.etcd_inventory_path),
+                             str(REPO / "playbooks" / "backup.yml"), "-e", "recover_engine=etcd"],
+                            env=ansible_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    time.sleep(after)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    time.sleep(1.0)  # the async job on the member finishes or dies with its module
+    for name in _real_names(store):
+        if name.endswith(".json"):
+            check_backup(store, name[:-5])
+    out = backup(blab).stdout
+    after_run = manifests(store)
+    newest = max(after_run.values(), key=lambda m: m["counter"])
+    assert newest["counter"] > max(counters_before, default=0)
+    assert "backup %s (counter %d)" % (newest["name"], newest["counter"]) in out
+    counters = sorted(m["counter"] for m in after_run.values())
+    assert len(counters) == len(set(counters))
+    for host in blab.hosts():  # no scratch etcd left behind (a verify's etcd dies with its module)
+        ps = blab.exec(host, ["ps", "-eo", "args"]).stdout
+        assert "etcd-backup-verify" not in ps, ps
+
+
+def test_ansible_builder_makes_the_execution_environment_context(tmp_path):
+    context = tmp_path / "ee"
+    proc = subprocess.run([str(BIN / "ansible-builder"), "create", "-f", str(REPO / "awx" / "execution-environment.yml"),
+                           "-c", str(context), "--output-filename", "Containerfile"],
+                          capture_output=True, text=True, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    containerfile = (context / "Containerfile").read_text()
+    assert "ARG EE_BASE_IMAGE" in containerfile
+    tarballs = list((context / "_build" / "collection").glob("quorum-recovery-*.tar.gz"))
+    assert len(tarballs) == 1, "the collection this checkout built goes into the EE"
+    with tarfile.open(tarballs[0]) as tar:
+        names = tar.getnames()
+    assert "roles/backup/tasks/main.yml" in names and "plugins/modules/etcd_backup.py" in names
+    requirements = (context / "_build" / "requirements.yml").read_text()
+    assert "/build/quorum-recovery.tar.gz" in requirements
+    assert re.search(r"^age \[platform:dpkg\]", (context / "_build" / "bindep.txt").read_text(), re.M)
