@@ -138,9 +138,11 @@ def main():
         except bp.PayloadError as exc:
             module.fail_json(msg="%s already exists but does not hold this backup: %s; nothing was written"
                              % (manifest_path, exc), **result)
-        module.exit_json(**dict(result, manifest=found))
+        result["manifest"] = found
+        module.exit_json(**result)
     if module.check_mode:
-        module.exit_json(**dict(result, changed=True))
+        result["changed"] = True
+        module.exit_json(**result)
     progress = prog.Progress.for_module(module)
     try:
         os.makedirs(p["folder"], mode=0o700, exist_ok=True)
@@ -151,10 +153,11 @@ def main():
                                       progress)
     except (bp.PayloadError, OSError) as exc:
         progress.close()
-        module.fail_json(msg="%s: %s; no file under a backup's name was written" % (p["name"], exc),
-                         progress=progress.summary(), **dict(result, changed=False))
+        result["progress"] = progress.summary()
+        module.fail_json(msg="%s: %s; no file under a backup's name was written" % (p["name"], exc), **result)
     progress.close()
-    module.exit_json(**dict(result, changed=True, manifest=written, progress=progress.summary()))
+    result.update(changed=True, manifest=written, progress=progress.summary())
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

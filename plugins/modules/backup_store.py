@@ -97,7 +97,8 @@ def main():
             module.exit_json(**result)
         bp.check_payload(p["payload"], manifest)
         if module.check_mode:
-            module.exit_json(**dict(result, changed=True))
+            result["changed"] = True
+            module.exit_json(**result)
         os.makedirs(p["folder"], mode=0o700, exist_ok=True)
         with arch.locked(p["folder"]):
             os.replace(p["payload"], final_payload)
@@ -106,7 +107,8 @@ def main():
             arch.fsync_dir(p["folder"])
     except (bp.PayloadError, OSError) as exc:
         module.fail_json(msg="%s; nothing under a backup's name changed" % exc, **result)
-    module.exit_json(**dict(result, changed=True))
+    result["changed"] = True
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -145,8 +145,8 @@ def _etcdctl(p, *args):
     except subprocess.TimeoutExpired:
         raise _Refused("etcdctl %s at %s did not answer within %ds" % (args[0], p["endpoint"], p["timeout"] + 30))
     if proc.returncode:
-        raise _Refused("etcdctl %s at %s failed (%d): %s" % (" ".join(args[:2]), p["endpoint"], proc.returncode,
-                                                              (proc.stderr or proc.stdout).strip()[-800:]))
+        said = (proc.stderr or proc.stdout).strip()[-800:]
+        raise _Refused("etcdctl %s at %s failed (%d): %s" % (" ".join(args[:2]), p["endpoint"], proc.returncode, said))
     return proc.stdout
 
 
