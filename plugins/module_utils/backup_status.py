@@ -17,18 +17,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Any, Iterable
 
-PREFIX = "quorum_recovery_backup_"
+PREFIX = "quorum_recovery_"
 METRICS = [
     # (name, type, help)
-    ("newest_verified_timestamp_seconds", "gauge",
+    ("backup_newest_verified_timestamp_seconds", "gauge",
      "Creation time (Unix seconds) of the newest verified backup; 0 when there is none."),
-    ("newest_verified_size_bytes", "gauge", "Size of the newest verified backup's payload as stored."),
-    ("newest_verified_counter", "gauge", "Cluster-wide counter of the newest verified backup."),
-    ("count", "gauge", "Backups kept at the destination (orphans included)."),
-    ("orphans", "gauge", "Orphaned backups kept at the destination (never pruned, never restored without naming them)."),
-    ("verification_failures", "gauge",
+    ("backup_newest_verified_size_bytes", "gauge", "Size of the newest verified backup's payload as stored."),
+    ("backup_newest_verified_sequence", "gauge",
+     "The cluster-wide backup counter (docs/backup-format.md) of the newest verified backup."),
+    ("backups", "gauge", "Backups kept at the destination (orphans included)."),
+    ("backup_orphans", "gauge", "Orphaned backups kept at the destination (never pruned, never restored without naming them)."),
+    ("backup_verification_failures", "gauge",
      "Backups whose verification failed (recorded in the manifest, or the payload no longer matches it)."),
-    ("interrupted_writes", "gauge", "Payloads without a manifest (interrupted writes) at the destination."),
+    ("backup_interrupted_writes", "gauge", "Payloads without a manifest (interrupted writes) at the destination."),
 ]
 
 
@@ -137,15 +138,15 @@ def metric_samples(catalogs: Iterable[dict[str, Any]]) -> dict[str, list[tuple[d
     for catalog in sorted(catalogs, key=lambda c: (c["cluster"], c["engine"], c["where"])):
         labels = {"cluster": catalog["cluster"], "engine": catalog["engine"], "destination": catalog["where"]}
         newest = newest_verified([catalog])
-        samples["newest_verified_timestamp_seconds"].append((labels, newest["created_epoch"] if newest else 0))
+        samples["backup_newest_verified_timestamp_seconds"].append((labels, newest["created_epoch"] if newest else 0))
         if newest:
-            samples["newest_verified_size_bytes"].append((labels, newest["size"]))
-            samples["newest_verified_counter"].append((labels, newest["counter"]))
-        samples["count"].append((labels, len(catalog["backups"])))
-        samples["orphans"].append((labels, sum(1 for b in catalog["backups"] if b["orphan"])))
-        samples["verification_failures"].append((labels, sum(1 for b in catalog["backups"]
+            samples["backup_newest_verified_size_bytes"].append((labels, newest["size"]))
+            samples["backup_newest_verified_sequence"].append((labels, newest["counter"]))
+        samples["backups"].append((labels, len(catalog["backups"])))
+        samples["backup_orphans"].append((labels, sum(1 for b in catalog["backups"] if b["orphan"])))
+        samples["backup_verification_failures"].append((labels, sum(1 for b in catalog["backups"]
                                                              if b["verification"] == "failed")))
-        samples["interrupted_writes"].append((labels, len(catalog.get("interrupted", []))))
+        samples["backup_interrupted_writes"].append((labels, len(catalog.get("interrupted", []))))
     return samples
 
 

@@ -42,6 +42,11 @@ options:
   metrics_file:
     description: Where to write the metrics (a C(.prom) file in node_exporter's textfile-collector folder); none when omitted.
     type: path
+  unread:
+    description: Destinations that could not be read (unreachable backup hosts); each is warned about.
+    type: list
+    elements: str
+    default: []
   now:
     description: The time (Unix seconds) ages are measured from; for tests. Default the clock.
     type: float
@@ -101,6 +106,7 @@ def main():
             catalogs=dict(type="list", elements="dict", required=True),
             max_age=dict(type="raw", required=True),
             metrics_file=dict(type="path"),
+            unread=dict(type="list", elements="str", default=[]),
             now=dict(type="float"),
         ),
         supports_check_mode=True,
@@ -134,6 +140,8 @@ def main():
                 module.fail_json(msg="metrics_file=%s: %s" % (path, exc.strerror), **result)
     for item in result["stale"]:
         module.warn(item["message"])
+    for where in p["unread"]:
+        module.warn("%s could not be read: its backups are not in this report" % where)
     module.exit_json(changed=written, metrics_written=written, **result)
 
 
