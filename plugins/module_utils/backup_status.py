@@ -70,7 +70,7 @@ def newest_verified(catalogs: Iterable[dict[str, Any]]) -> dict[str, Any] | None
 def stale(catalogs: Iterable[dict[str, Any]], max_age: int, now: float) -> list[dict[str, Any]]:
     """Per cluster and engine whose newest verified backup (at any destination) is older than
     max_age seconds, or missing: {cluster, engine, newest, age_seconds, message}."""
-    out = []
+    out: list[dict[str, Any]] = []
     for (cluster, engine), group in _clusters(catalogs).items():
         newest = newest_verified(group)
         if newest is None:
