@@ -74,8 +74,8 @@ def make_backup(dest_dir, cluster: str, engine: str, counter: int, created: int,
         "position": position, "files": files,
         "payload": {"file": name + ext, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                     "encrypted": encrypted, "recipients": ["age1test"] if encrypted else []},
-        "verified": None if verified is None else {"at": iso(created + 60), "how": "facts-full+started-alone",
-                                                  "result": verified, "details": ""},
+        "verified": None if verified is None else {
+            "at": iso(created + 60), "how": "facts-full+started-alone", "result": verified, "details": ""},
     }
     if orphan:
         doc["orphaned"] = {"at": iso(created + 120), "reason": "test", "by": "backup_builder"}

@@ -74,9 +74,9 @@ def stale(catalogs: Iterable[dict[str, Any]], max_age: int, now: float) -> list[
     for (cluster, engine), group in _clusters(catalogs).items():
         newest = newest_verified(group)
         if newest is None:
+            places = ", ".join(c["where"] for c in group)
             out.append({"cluster": cluster, "engine": engine, "newest": None, "age_seconds": None,
-                        "message": "%s %s: no verified backup at %s" % (cluster, engine,
-                                                                      ", ".join(c["where"] for c in group))})
+                        "message": "%s %s: no verified backup at %s" % (cluster, engine, places)})
             continue
         age = now - newest["created_epoch"]
         if age > max_age:
@@ -144,8 +144,8 @@ def metric_samples(catalogs: Iterable[dict[str, Any]]) -> dict[str, list[tuple[d
             samples["backup_newest_verified_sequence"].append((labels, newest["counter"]))
         samples["backups"].append((labels, len(catalog["backups"])))
         samples["backup_orphans"].append((labels, sum(1 for b in catalog["backups"] if b["orphan"])))
-        samples["backup_verification_failures"].append((labels, sum(1 for b in catalog["backups"]
-                                                             if b["verification"] == "failed")))
+        failed = sum(1 for b in catalog["backups"] if b["verification"] == "failed")
+        samples["backup_verification_failures"].append((labels, failed))
         samples["backup_interrupted_writes"].append((labels, len(catalog.get("interrupted", []))))
     return samples
 

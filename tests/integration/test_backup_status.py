@@ -88,8 +88,8 @@ def test_status_table_warning_and_metrics(site):
     assert [(r.split()[0], r.split()[5]) for r in rows] == [("5", "yes,"), ("4", "FAILED")]  # the flipped byte, found by verify
     assert "interrupted write (no manifest, not a backup): %s.tar" % name_of("prod", "etcd", 11, site["now"] - 20 * 60) in out
     # edge is stale (5 h > 3 h), prod is not (1 h)
-    assert "edge dqlite: the newest verified backup %s (at %s) is 5h" % (name_of("edge", "dqlite", 5, site["now"] - 5 * H),
-                                                                        where_a) in " ".join(out.split())
+    edge = name_of("edge", "dqlite", 5, site["now"] - 5 * H)
+    assert "edge dqlite: the newest verified backup %s (at %s) is 5h" % (edge, where_a) in " ".join(out.split())
     assert "prod etcd: the newest" not in out
     text = (site["textfile"] / "quorum_recovery_backup.prom").read_text()
     samples = {(n, s["cluster"], s["destination"]): v for n, s, v in bs.parse_metrics(text)["samples"]}
@@ -155,3 +155,27 @@ def test_prune_check_mode_removes_nothing_and_the_real_run_exactly_the_policy(si
     again = _prune(site, policy=policy, remove_stale=True)
     assert again["changed"] is False and again["removed"] == [] and again["stale_removed"] == []
     assert sorted(os.listdir(folder)) == expected
+
+
+def test_bad_policy_is_refused_and_nothing_changes(site):
+    folder = site["a"] / "prod" / "etcd"
+    before = fingerprint(folder, ctime=True)
+    result = site["tmp"] / "pruned.json"
+    extra = dict(dest_dir=str(site["a"]), cluster="prod", engine="etcd", result_file=str(result),
+                 policy={"keep_lats": 2}, remove_stale=True)
+    proc = run_ansible("ansible-playbook", "tests/integration/playbooks/backup_prune.yml", "-e", json.dumps(extra),
+                       inventory=site["inventory"], check=False)
+    assert proc.returncode != 0
+    assert "policy: unknown key keep_lats; the keys are keep_last, hourly, daily, weekly, monthly, max_age" in proc.stdout
+    assert fingerprint(folder, ctime=True) == before and not result.exists()
+
+
+def test_an_unreachable_backup_host_is_named(site):
+    """A backup host that cannot be reached (a closed port on loopback): the report still comes,
+    from the destinations that answered, and names the one that did not."""
+    site["inventory"].write_text(site["inventory"].read_text() + "ghost ansible_host=127.0.0.1 ansible_port=1 "
+                                 "ansible_connection=ssh ansible_ssh_common_args='-o ConnectTimeout=3'\n")
+    proc = _status(site, check=False)
+    assert proc.returncode == 4  # ansible-playbook's exit code for an unreachable host
+    assert "ghost could not be read: its backups are not in this report" in " ".join((proc.stdout + proc.stderr).split())
+    assert "prod etcd: 12 backups at 2 destinations" in proc.stdout
