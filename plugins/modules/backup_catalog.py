@@ -15,9 +15,9 @@ description:
     C(docs/backup-format.md) says. A backup exists only when its manifest does; a payload without a
     manifest is reported as an interrupted write, never as a backup. Manifests that do not validate are
     reported with the file and key at fault, and never listed, chosen or removed.
-  - With O(state=verify), checks the size and sha256 of each payload (or of the O(newest) ones) against
+  - With O(state=verified), checks the size and sha256 of each payload (or of the O(newest) ones) against
     its manifest; a backup whose payload does not match is reported as not verified.
-  - With O(state=prune), applies the retention O(policy). Orphans and the newest verified backup are
+  - With O(state=pruned), applies the retention O(policy). Orphans and the newest verified backup are
     never removed; before anything is removed, the payload of the newest verified backup is checked
     (and, if it does not match, the next one, until one does), so that prune never keeps a damaged
     backup as the good one. Each backup kept or removed is returned with the reason. In check mode
@@ -46,24 +46,24 @@ options:
     required: true
   cluster:
     description:
-      - The cluster's name (its folder under O(dest_dir)). Required with O(state=prune).
-      - Omitted with O(state=list) or O(state=verify), every cluster found under O(dest_dir).
+      - The cluster's name (its folder under O(dest_dir)). Required with O(state=pruned).
+      - Omitted with O(state=listed) or O(state=verified), every cluster found under O(dest_dir).
     type: str
   engine:
-    description: The engine. Omitted with O(state=list) or O(state=verify), every engine found.
+    description: The engine. Omitted with O(state=listed) or O(state=verified), every engine found.
     type: str
     choices: [dqlite, etcd]
   state:
-    description: V(list) reads the manifests; V(verify) also checks payloads; V(prune) applies O(policy).
+    description: V(listed) reads the manifests; V(verified) also checks payloads; V(pruned) applies O(policy).
     type: str
     choices: [list, verify, prune]
     default: list
   newest:
-    description: With O(state=verify), check only the payloads of this many newest backups that are no orphans.
+    description: With O(state=verified), check only the payloads of this many newest backups that are no orphans.
     type: int
   policy:
     description:
-      - The retention policy, required with O(state=prune). Keys (at least one rule above 0)
+      - The retention policy, required with O(state=pruned). Keys (at least one rule above 0)
         C(keep_last), C(hourly), C(daily), C(weekly), C(monthly) (whole numbers), and C(max_age)
         (seconds, or a number with s, m, h, d or w).
       - Periods count the newest hours, days, ISO weeks, months (UTC) that have a verified backup,
@@ -98,7 +98,7 @@ EXAMPLES = r"""
     dest_dir: /srv/backups/quorum-recovery
     cluster: k8s
     engine: dqlite
-    state: verify
+    state: verified
     newest: 3
 
 - name: Hourly for a day, daily for a month, weekly for a year
@@ -106,7 +106,7 @@ EXAMPLES = r"""
     dest_dir: /srv/backups/quorum-recovery
     cluster: k8s
     engine: etcd
-    state: prune
+    state: pruned
     policy:
       keep_last: 3
       hourly: 24
@@ -188,14 +188,14 @@ catalogs:
       invalid: []
       orphaning_incomplete: []
 kept:
-  description: With O(state=prune), the backups kept, newest first, each with name, counter and the reasons (every rule that keeps it).
-  returned: state is prune
+  description: With O(state=pruned), the backups kept, newest first, each with name, counter and the reasons (every rule that keeps it).
+  returned: state is pruned
   type: list
   elements: dict
   sample: [{"name": "k8s-etcd-0000000042-20261202T030000Z", "counter": 42, "reason": "newest verified backup (never removed)"}]
 removed:
-  description: With O(state=prune), the backups removed (in check mode, that would be), each with name, counter, reason, files.
-  returned: state is prune
+  description: With O(state=pruned), the backups removed (in check mode, that would be), each with name, counter, reason, files.
+  returned: state is pruned
   type: list
   elements: dict
   sample: [{"name": "k8s-etcd-0000000007-20261101T030000Z", "counter": 7, "reason": "kept by no rule of the policy",
@@ -257,7 +257,7 @@ def _prune(module, catalog, now, where, result):
 def _one(module, cluster, engine, now, where, result):
     p = module.params
     folder = bc.folder_of(p["dest_dir"], cluster, engine)
-    changes = p["state"] == "prune" or p["remove_stale"]
+    changes = p["state"] == "pruned" or p["remove_stale"]
     if not changes or module.check_mode or not os.path.isdir(folder):
         catalog = bc.read_catalog(p["dest_dir"], cluster, engine, now)
         return _act(module, catalog, now, where, result)
@@ -268,9 +268,9 @@ def _one(module, cluster, engine, now, where, result):
 
 def _act(module, catalog, now, where, result):
     p = module.params
-    if p["state"] == "verify":
+    if p["state"] == "verified":
         _verify(catalog, p["newest"])
-    if p["state"] == "prune":
+    if p["state"] == "pruned":
         _prune(module, catalog, now, where, result)
     if p["remove_stale"]:
         stale = [t["file"] for t in catalog.temporaries] + [i["file"] for i in catalog.interrupted]
@@ -289,7 +289,7 @@ def main():
             dest_dir=dict(type="path", required=True),
             cluster=dict(type="str"),
             engine=dict(type="str", choices=list(bc.ENGINES)),
-            state=dict(type="str", choices=["list", "verify", "prune"], default="list"),
+            state=dict(type="str", choices=["listed", "verified", "pruned"], default="listed"),
             newest=dict(type="int"),
             policy=dict(type="dict"),
             remove_stale=dict(type="bool", default=False),
@@ -297,19 +297,19 @@ def main():
             where=dict(type="str"),
             lock_timeout=dict(type="float", default=300.0),
         ),
-        required_if=[("state", "prune", ["cluster", "engine", "policy"])],
+        required_if=[("state", "pruned", ["cluster", "engine", "policy"])],
         supports_check_mode=True,
     )
     p = module.params
     now = p["now"] if p["now"] is not None else time.time()
     where = p["where"] or "%s:%s" % (socket.gethostname(), p["dest_dir"])
     result = dict(changed=False, catalogs=[], warnings=[], stale_removed=[])  # warnings: module.warn at the end
-    if p["state"] == "prune":
+    if p["state"] == "pruned":
         result.update(kept=[], removed=[])
     try:
         if p["newest"] is not None and p["newest"] < 1:
             raise bc.CatalogError("newest=%d: expected a number of backups >= 1" % p["newest"])
-        if p["state"] == "prune":
+        if p["state"] == "pruned":
             br.validate_policy(p["policy"])  # a bad policy fails before any folder is touched
         bc.check_names(p["cluster"], p["engine"])
         for cluster, engine in _targets(p):
