@@ -56,8 +56,8 @@ options:
   state:
     description: V(listed) reads the manifests; V(verified) also checks payloads; V(pruned) applies O(policy).
     type: str
-    choices: [list, verify, prune]
-    default: list
+    choices: [listed, verified, pruned]
+    default: listed
   newest:
     description: With O(state=verified), check only the payloads of this many newest backups that are no orphans.
     type: int
