@@ -280,6 +280,18 @@ class Catalog:
         good = [b for b in self.backups if b.candidate]
         return good[-1] if good else None
 
+    def newest_good(self) -> Backup | None:
+        """The newest verified backup whose payload matches its manifest now: payloads are checked
+        newest first, and one that does not match (a flipped byte) stops being verified, so the
+        next one is tried. What restore should take, and what prune must keep."""
+        for backup in reversed(self.backups):
+            if not backup.candidate:
+                continue
+            if backup.payload_checked or backup.check_payload():
+                return backup
+            self.warnings.append("%s: %s; not counted as verified" % (backup.name, backup.payload_error))
+        return None
+
     def get(self, name: str) -> Backup:
         for backup in self.backups:
             if backup.name == name:

@@ -61,6 +61,12 @@ options:
   newest:
     description: With O(state=verified), check only the payloads of this many newest backups that are no orphans.
     type: int
+  until_good:
+    description:
+      - With O(state=verified), check payloads newest first and stop at the first verified backup whose payload
+        matches (the one C(newest_verified) then names): what a restore takes, read once.
+    type: bool
+    default: false
   policy:
     description:
       - The retention policy, required with O(state=pruned). Keys (at least one rule above 0)
@@ -223,7 +229,10 @@ def _targets(p):
     return [(c, e) for c, e in found if (not p["cluster"] or c == p["cluster"]) and (not p["engine"] or e == p["engine"])]
 
 
-def _verify(catalog, newest):
+def _verify(catalog, newest, until_good):
+    if until_good:
+        catalog.newest_good()
+        return
     candidates = [b for b in reversed(catalog.backups) if not b.orphan]
     chosen = candidates[:newest] if newest is not None else list(reversed(catalog.backups))
     for backup in chosen:
@@ -233,12 +242,7 @@ def _verify(catalog, newest):
 
 def _prune(module, catalog, now, where, result):
     """Decide on the catalog read under the lock; act only outside check mode."""
-    for backup in reversed(catalog.backups):  # the newest verified must really be good before anything goes
-        if backup.candidate:
-            if backup.check_payload():
-                break
-            catalog.warnings.append("%s: payload does not match its manifest (%s); not counted as verified"
-                                    % (backup.name, backup.payload_error))
+    catalog.newest_good()  # the newest verified must really be good before anything goes
     decided = br.plan([b.to_dict(now, where) for b in catalog.backups], module.params["policy"], now)
     catalog.warnings.extend(decided["warnings"])
     for item in decided["keep"]:
@@ -269,7 +273,7 @@ def _one(module, cluster, engine, now, where, result):
 def _act(module, catalog, now, where, result):
     p = module.params
     if p["state"] == "verified":
-        _verify(catalog, p["newest"])
+        _verify(catalog, p["newest"], p["until_good"])
     if p["state"] == "pruned":
         _prune(module, catalog, now, where, result)
     if p["remove_stale"]:
@@ -291,6 +295,7 @@ def main():
             engine=dict(type="str", choices=list(bc.ENGINES)),
             state=dict(type="str", choices=["listed", "verified", "pruned"], default="listed"),
             newest=dict(type="int"),
+            until_good=dict(type="bool", default=False),
             policy=dict(type="dict"),
             remove_stale=dict(type="bool", default=False),
             now=dict(type="float"),

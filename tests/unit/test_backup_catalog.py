@@ -253,3 +253,17 @@ def test_bad_names_are_refused(tmp_path):
         bc.read_catalog(str(tmp_path), C, "consul")
     with pytest.raises(bc.CatalogError, match=r"cluster=\.\./x"):
         bc.read_catalog(str(tmp_path), "../x", E)
+
+
+def test_newest_good_skips_a_damaged_newest_for_the_previous_one(tmp_path):
+    make_backup(tmp_path, C, E, 1, T0)
+    make_backup(tmp_path, C, E, 2, T0 + 60)
+    third = make_backup(tmp_path, C, E, 3, T0 + 120)
+    make_backup(tmp_path, C, E, 4, T0 + 180, verified="failed")
+    flip_byte(_folder(tmp_path) / third["payload"]["file"])
+    catalog = bc.read_catalog(str(tmp_path), C, E)
+    assert catalog.newest_verified().counter == 3  # the manifests alone
+    assert catalog.newest_good().counter == 2
+    assert [b.payload_checked for b in catalog.backups] == [False, True, True, False]  # 1 was not read
+    assert catalog.newest_verified().counter == 2
+    assert any("sha256" in w and third["name"] in w for w in catalog.warnings)
