@@ -64,7 +64,7 @@ options:
   until_good:
     description:
       - With O(state=verified), check payloads newest first and stop at the first verified backup whose payload
-        matches (the one C(newest_verified) then names): what a restore takes, read once.
+        matches (the one C(newest_verified) then names), which is what a restore takes, read once.
     type: bool
     default: false
   policy:
