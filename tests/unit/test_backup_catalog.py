@@ -267,3 +267,39 @@ def test_newest_good_skips_a_damaged_newest_for_the_previous_one(tmp_path):
     assert [b.payload_checked for b in catalog.backups] == [False, True, True, False]  # 1 was not read
     assert catalog.newest_verified().counter == 2
     assert any("sha256" in w and third["name"] in w for w in catalog.warnings)
+
+
+def _module(tmp_path, **args):
+    """Run the backup_catalog module as Ansible runs it on a target (a process reading its JSON
+    arguments), from the installed collection; returns its JSON result."""
+    argfile = tmp_path / "args.json"
+    argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    env = dict(os.environ, PYTHONPATH=str(COLLECTIONS))
+    proc = subprocess.run([sys.executable, "-m", "ansible_collections.quorum.recovery.plugins.modules.backup_catalog",
+                           str(argfile)], capture_output=True, text=True, env=env, check=False)
+    return json.loads(proc.stdout)
+
+
+def test_the_module_finds_the_newest_good_backup_for_a_restore(tmp_path):
+    dest = tmp_path / "dest"
+    make_backup(dest, C, E, 1, T0)
+    second = make_backup(dest, C, E, 2, T0 + 60)
+    flip_byte(dest / C / E / second["payload"]["file"])
+    result = _module(tmp_path, dest_dir=str(dest), cluster=C, engine=E, state="verified", until_good=True, where="w")
+    catalog = result["catalogs"][0]
+    assert catalog["newest_verified"] == name_of(C, E, 1, T0) and result["changed"] is False
+    assert [(b["counter"], b["verification"], b["payload_checked"]) for b in catalog["backups"]] == [
+        (1, "ok", True), (2, "failed", True)]
+    assert any("sha256" in str(w) and second["name"] in str(w) for w in result["warnings"])  # 2.19: structured
+
+
+def test_the_module_refuses_bad_input_naming_it(tmp_path):
+    make_backup(tmp_path / "dest", C, E, 1, T0)
+    before = sorted(os.listdir(tmp_path / "dest" / C / E))
+    bad = _module(tmp_path, dest_dir=str(tmp_path / "dest"), cluster=C, engine=E, state="pruned", policy={"daily": -1})
+    assert bad["failed"] and bad["msg"] == "policy.daily=-1: expected a whole number >= 0"
+    bad = _module(tmp_path, dest_dir=str(tmp_path / "dest"), cluster="a/b", engine=E)
+    assert bad["failed"] and bad["msg"].startswith("cluster=a/b: a cluster's name is")
+    bad = _module(tmp_path, dest_dir=str(tmp_path / "dest"), cluster=C, engine=E, state="verified", newest=0)
+    assert bad["failed"] and bad["msg"] == "newest=0: expected a number of backups >= 1"
+    assert sorted(os.listdir(tmp_path / "dest" / C / E)) == before
