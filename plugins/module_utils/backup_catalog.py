@@ -25,20 +25,20 @@ import re
 import time
 from typing import TYPE_CHECKING
 
+from ansible_collections.quorum.recovery.plugins.module_utils import backup_payload as bp
 from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
 
 if TYPE_CHECKING:
     from typing import Any, Iterable, Iterator
 
-FORMAT = "quorum.recovery/backup/1"
+FORMAT = bp.FORMAT
 ENGINES = ("dqlite", "etcd")
 ORPHAN_PREFIX = "orphan-"
 MANIFEST_EXT = ".json"
 PAYLOAD_EXTS = (".tar.age", ".tar")  # longest first: NAME.tar.age is not NAME.tar + ".age"
 CREATED_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-_NAME = re.compile(r"^(?P<cluster>[A-Za-z0-9][A-Za-z0-9_.-]*)-(?P<engine>dqlite|etcd)-(?P<counter>\d{10})-"
-                   r"(?P<stamp>\d{8}T\d{6}Z)$")
+_NAME = bp.NAME_RE
 _PARTIAL = re.compile(r"^\.(?P<name>.+-(?:dqlite|etcd)-\d{10}-\d{8}T\d{6}Z)\..*\.?partial-(?P<pid>\d+)$")
 _TMP = re.compile(r"^(?P<base>.+)\.tmp-(?P<pid>\d+)$")  # datadir_archive.write_atomic's temporaries
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -78,9 +78,7 @@ def parse_name(name: str) -> dict[str, Any] | None:
             "created_epoch": epoch}
 
 
-def backup_name(cluster: str, engine: str, counter: int, created_epoch: int) -> str:
-    """The NAME a backup of `cluster` with `counter` made at `created_epoch` gets."""
-    return "%s-%s-%010d-%s" % (cluster, engine, counter, time.strftime(STAMP_FORMAT, time.gmtime(created_epoch)))
+backup_name = bp.backup_name  # the NAME a backup of cluster with counter made at created_epoch gets
 
 
 def _split(filename: str) -> tuple[str, str, bool] | None:
@@ -177,17 +175,11 @@ def verify_payload(path: str, manifest: dict[str, Any] | None = None) -> str:
             raise PayloadError("%s is not a backup payload name (NAME.tar or NAME.tar.age)" % path)
         name, _ext, orphan = split
         manifest = load_manifest(os.path.join(folder, (ORPHAN_PREFIX if orphan else "") + name + MANIFEST_EXT))
-    expected = manifest["payload"]
     try:
-        size = os.path.getsize(path)
-    except OSError as exc:
-        raise PayloadError("%s: cannot be read: %s" % (path, exc.strerror))
-    if size != expected["size"]:
-        raise PayloadError("%s: size %d, its manifest says %d" % (path, size, expected["size"]))
-    digest = arch.sha256_file(path)
-    if digest != expected["sha256"]:
-        raise PayloadError("%s: sha256 %s, its manifest says %s" % (path, digest, expected["sha256"]))
-    return digest
+        bp.check_payload(path, manifest)  # the same check as on arrival at the destination
+    except bp.PayloadError as exc:
+        raise PayloadError(str(exc))
+    return manifest["payload"]["sha256"]
 
 
 # --- one folder -----------------------------------------------------------------------------

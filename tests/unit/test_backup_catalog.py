@@ -118,7 +118,7 @@ def test_one_flipped_byte_is_detected(tmp_path, encrypted):
     payload = _folder(tmp_path) / doc["payload"]["file"]
     assert bc.verify_payload(str(payload)) == doc["payload"]["sha256"]
     flip_byte(payload)
-    with pytest.raises(bc.PayloadError, match="%s: sha256 [0-9a-f]{64}, its manifest says %s" % (payload, doc["payload"]["sha256"])):
+    with pytest.raises(bc.PayloadError, match="payload %s has sha256 [0-9a-f]{64}, its manifest says %s" % (payload, doc["payload"]["sha256"])):
         bc.verify_payload(str(payload))
     catalog = bc.read_catalog(str(tmp_path), C, E)
     assert catalog.backups[0].verified  # the manifest alone says ok ...
@@ -131,7 +131,7 @@ def test_a_truncated_or_missing_payload_is_not_verified(tmp_path):
     second = make_backup(tmp_path, C, E, 2, T0 + 60)
     with open(_folder(tmp_path) / second["payload"]["file"], "r+b") as handle:
         handle.truncate(100)
-    with pytest.raises(bc.PayloadError, match="size 100, its manifest says"):
+    with pytest.raises(bc.PayloadError, match="has 100 bytes, its manifest says"):
         bc.verify_payload(str(_folder(tmp_path) / second["payload"]["file"]))
     os.unlink(_folder(tmp_path) / first["payload"]["file"])
     catalog = bc.read_catalog(str(tmp_path), C, E)
@@ -303,3 +303,24 @@ def test_the_module_refuses_bad_input_naming_it(tmp_path):
     bad = _module(tmp_path, dest_dir=str(tmp_path / "dest"), cluster=C, engine=E, state="verified", newest=0)
     assert bad["failed"] and bad["msg"] == "newest=0: expected a number of backups >= 1"
     assert sorted(os.listdir(tmp_path / "dest" / C / E)) == before
+
+
+def test_the_catalog_reads_what_the_backup_writer_writes(tmp_path):
+    """backup_payload.write_backup (what the backup role packs with) and this reader agree on the
+    format: its manifest validates, its payload verifies, and one flipped byte is caught."""
+    from ansible_collections.quorum.recovery.plugins.module_utils import backup_payload as bp
+    snapshot = tmp_path / "snapshot.db"
+    snapshot.write_bytes(os.urandom(50_000))
+    name = bp.backup_name(C, E, 7, T0)
+    written = bp.write_backup(str(_folder(tmp_path)), name, [{"src": str(snapshot), "name": "snapshot.db"}], {
+        "cluster": C, "cluster_id": "cafe0001", "engine": E, "flavor": "etcd", "engine_version": "3.4.23", "counter": 7,
+        "created": "2025-12-02T00:00:00Z", "created_epoch": T0,
+        "source": {"host": "h1", "address": "10.0.0.1", "member_id": "1", "chosen": "elected", "why": "most advanced"},
+        "position": {"term": 3, "index": 420, "revision": 400, "keys": 12},
+        "verified": {"at": "2025-12-02T00:01:00Z", "how": "etcd-started-alone", "result": "ok", "details": ""}})
+    catalog = bc.read_catalog(str(tmp_path), C, E)
+    assert catalog.invalid == [] and [b.name for b in catalog.backups] == [name]
+    assert catalog.newest_good().manifest == written
+    flip_byte(_folder(tmp_path) / written["payload"]["file"], offset=10_000)
+    with pytest.raises(bc.PayloadError, match="has sha256"):
+        bc.verify_payload(str(_folder(tmp_path) / written["payload"]["file"]))
