@@ -17,6 +17,10 @@ description:
   - A payload that does not match its manifest is refused (a transfer that went wrong), and nothing under a real
     name changes; the arrived files are left where they are for a look.
   - A backup already stored with the same payload sha256 is left alone (changed=false).
+  - Never lets a newer backup be overwritten or pruned by older data - the backups already there whose raft
+    position is ahead of the new one's (the cluster was rolled back or rebuilt from older data), or of another
+    cluster ID, are renamed C(orphan-NAME) first (kept, never pruned, never restored without naming them) and
+    listed in RV(orphaned).
 author:
   - quorum.recovery maintainers (@quorum-recovery)
 extends_documentation_fragment:
@@ -62,11 +66,17 @@ stored:
   returned: always
   type: list
   elements: str
+orphaned:
+  description: The backups this one made orphans (name, counter, reason).
+  returned: always
+  type: list
+  elements: dict
 """
 
 import os
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.quorum.recovery.plugins.module_utils import backup_catalog as bc
 from ansible_collections.quorum.recovery.plugins.module_utils import backup_payload as bp
 from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
 
@@ -81,7 +91,7 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    result = dict(changed=False, name=None, stored=[])
+    result = dict(changed=False, name=None, stored=[], orphaned=[])
     try:
         manifest = bp.read_manifest(p["manifest"])
         name = manifest["name"]
@@ -96,16 +106,25 @@ def main():
             bp.check_payload(final_payload, stored)
             module.exit_json(**result)
         bp.check_payload(p["payload"], manifest)
+        bc.validate_manifest(manifest, p["manifest"])
+        dest_dir = os.path.dirname(os.path.dirname(os.path.abspath(p["folder"])))
+        if bc.folder_of(dest_dir, manifest["cluster"], manifest["engine"]) != os.path.abspath(p["folder"]):
+            raise bp.PayloadError("folder=%s is not DEST/%s/%s, where backups of this cluster and engine are kept"
+                                  % (p["folder"], manifest["cluster"], manifest["engine"]))
         if module.check_mode:
             result["changed"] = True
             module.exit_json(**result)
         os.makedirs(p["folder"], mode=0o700, exist_ok=True)
         with arch.locked(p["folder"]):
+            catalog = bc.read_catalog(dest_dir, manifest["cluster"], manifest["engine"])
+            for found in bc.plan_orphans(catalog, manifest):
+                catalog.orphan(found["name"], found["reason"], by=name)
+                result["orphaned"].append(found)
             os.replace(p["payload"], final_payload)
             arch.fsync_dir(p["folder"])
             os.replace(p["manifest"], final_manifest)
             arch.fsync_dir(p["folder"])
-    except (bp.PayloadError, OSError) as exc:
+    except (bp.PayloadError, bc.CatalogError, OSError) as exc:
         module.fail_json(msg="%s; nothing under a backup's name changed" % exc, **result)
     result["changed"] = True
     module.exit_json(**result)

@@ -167,6 +167,8 @@ BAD_INPUTS = [
     ({"backup_recipients": "age1xyz"}, "backup_recipients=age1xyz"),
     ({"backup_retention": {"hourly": "many"}}, "backup_retention="),
     ({"backup_retention": {"yearly": 3}}, "backup_retention="),
+    ({"backup_retention": {"keep_last": 0, "max_age": "30d"}}, "backup_retention="),
+    ({"backup_retention": {"daily": 7, "max_age": "soon"}}, "backup_retention="),
     ({"backup_dest_dir": "relative/dir"}, "backup_dest_dir=relative/dir"),
     ({"backup_controller_dir": "/tmp/../etc"}, "backup_controller_dir=/tmp/../etc"),
     ({"backup_hosts_group": "etcd"}, "backup_hosts_group=etcd holds members of the cluster"),
@@ -306,3 +308,27 @@ def test_systemd_timer_bad_input_and_bad_calendar_install_nothing(tmp_path):
                   check=False)
     assert proc.returncode != 0 and "systemd-analyze" in proc.stdout, proc.stdout[-2000:]
     assert not list((tmp_path / "units").iterdir()), "a unit systemd-analyze refused was installed"
+
+
+def test_retention_and_an_orphan_kept_through_backup_yml(blab):
+    """A backup already at h4 whose position is ahead of the cluster's (as after a rollback of the
+    cluster) is renamed orphan-NAME by the next backup and kept; retention keep_last 2 leaves the
+    two newest backups and the orphan, nothing else, and says what it removed."""
+    store = _store_on(blab, "h4")
+    backup(blab)  # at least one backup to make the orphan from, whatever ran before
+    names = sorted(manifests(store), key=lambda n: manifests(store)[n]["counter"])
+    ahead = names[0]
+    path = store / (ahead + ".json")
+    manifest = json.loads(path.read_text())
+    manifest["position"]["term"] += 1000  # a backup of data newer than the cluster holds now
+    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    out = backup(blab, {"backup_retention": {"keep_last": 2}}).stdout
+    assert "kept %s as orphan-%s" % (ahead, ahead) in out, out[-3000:]
+    assert "removed by retention" in out
+    after = manifests(store)
+    orphans = [n for n in after if n.startswith("orphan-")]
+    assert orphans == ["orphan-" + ahead] and after["orphan-" + ahead]["orphaned"]["by"]
+    assert (store / ("orphan-" + manifest["payload"]["file"])).exists()
+    kept = sorted((m["counter"] for n, m in after.items() if not n.startswith("orphan-")), reverse=True)
+    assert len(kept) == 2, after.keys()
+    assert kept[0] == max(m["counter"] for m in after.values())
