@@ -257,11 +257,13 @@ def _check_open_segments_stayed(data_dir, plan, opened):
             raise _Moved("closed segment %s appeared where the copy's open segments go" % name)
 
 
-def check_copy(raft_dir: str, expected_last_index: int | None = None, lz4: str = "auto") -> dict[str, Any]:
-    """The facts reader's FULL check of a copied raft folder (as dqlite_info runs it). Returns the
+def check_copy(raft_dir: str, expected_last_index: int | None = None, lz4: str = "auto",
+               depth: str = "full") -> dict[str, Any]:
+    """The facts reader's check of a copied raft folder (as dqlite_info runs it, FULL depth by
+    default: every checksum, every snapshot decoded). Returns the
     facts; raises CopyError naming the file when raft would not load it whole. Problems about the
     app's own files (info.yaml, cluster.yaml: kept apart, in node/) do not count."""
-    facts = dqlite_datadir.inspect_datadir(raft_dir, "full", True, lz4)
+    facts = dqlite_datadir.inspect_datadir(raft_dir, depth, True, lz4)
     errors = [p for p in facts["problems"] if p["severity"] == dqlite_datadir.ERROR and p["file"] not in NODE_FILES]
     prediction = facts["prediction"]
     if errors:
@@ -288,9 +290,9 @@ def _partial_name(dest_dir):
 
 
 def copy_online(data_dir: str, dest_dir: str, progress: ProgressSink = NO_PROGRESS, lz4: str = "auto",
-                max_rounds: int = MAX_ROUNDS) -> dict[str, Any]:
+                max_rounds: int = MAX_ROUNDS, depth: str = "full") -> dict[str, Any]:
     """Copy the member's raft files (running or stopped) into dest_dir/raft, its info.yaml and
-    cluster.yaml into dest_dir/node, check the copy loads (facts, full depth), write
+    cluster.yaml into dest_dir/node, check the copy loads (facts at `depth`, full by default), write
     dest_dir/MANIFEST.json and only then give the folder its name. dest_dir must not exist.
 
     Returns {files: [{name, size, sha256}] (names relative to dest_dir), position: {term, index},
@@ -312,8 +314,9 @@ def copy_online(data_dir: str, dest_dir: str, progress: ProgressSink = NO_PROGRE
         raft_dir, node_dir = os.path.join(tmp, RAFT), os.path.join(tmp, NODE)
         os.mkdir(raft_dir, 0o700)
         os.mkdir(node_dir, 0o700)
-        result = _copy_rounds(data_dir, raft_dir, progress, lz4, max_rounds if holder.get("running") is not False else 1)
+        result = _copy_rounds(data_dir, raft_dir, progress, lz4, max_rounds, depth, holder.get("running") is not False)
         _check_still_running(data_dir, holder)
+        result.pop("moved")
         files = [{"name": "%s/%s" % (RAFT, name), **facts} for name, facts in sorted(result.pop("copied").items())]
         for name in result.pop("node"):
             try:
@@ -325,8 +328,9 @@ def copy_online(data_dir: str, dest_dir: str, progress: ProgressSink = NO_PROGRE
         result.update(files=files, member_running=holder.get("running"),
                       seconds=round(time.monotonic() - began, 3))
         manifest = {"format": FORMAT, "source_dir": data_dir, "files": files, "position": result["position"],
-                    "snapshot_index": result["snapshot_index"], "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "verified": {"how": "facts-full", "result": "ok"}}
+                    "snapshot_index": result["snapshot_index"], "created": manifest_time(),
+                    "verified": {"at": manifest_time(), "how": "facts-" + depth, "result": "ok"}}
+        result["verified"] = manifest["verified"]
         arch.write_atomic(os.path.join(tmp, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True).encode())
         for folder in (raft_dir, node_dir, tmp):
             arch.fsync_dir(folder)
@@ -338,7 +342,11 @@ def copy_online(data_dir: str, dest_dir: str, progress: ProgressSink = NO_PROGRE
     return result
 
 
-def _copy_rounds(data_dir, raft_dir, progress, lz4, max_rounds):
+def manifest_time() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _copy_rounds(data_dir, raft_dir, progress, lz4, max_rounds, depth, may_be_written):
     kept: dict = {}
     moved: list = []
     last_error = None
@@ -357,8 +365,10 @@ def _copy_rounds(data_dir, raft_dir, progress, lz4, max_rounds):
         expected = plan["next_index"] + sum(f["entries"] for f in opened) - 1
         progress.phase("check", sum(f["size"] for f in copied.values()))
         try:
-            facts = check_copy(raft_dir, expected if (opened or plan["closed"]) else None, lz4)
+            facts = check_copy(raft_dir, expected if (opened or plan["closed"]) else None, lz4, depth)
         except CopyError as exc:
+            if not may_be_written:
+                raise  # nothing writes there: the member's own files do not load
             # a snapshot copied while raft was still writing it under its name: take it again
             last_error = exc
             moved.append(str(exc))
@@ -522,3 +532,40 @@ def would_copy(data_dir: str) -> dict[str, Any]:
             "snapshot_index": plan["snapshot"]["index"] if plan["snapshot"] else 0,
             "bytes": plan["bytes"]}
 
+
+
+def remove_stale_partials(dest_dir: str) -> list[str]:
+    """Remove the unfinished copies a killed run left beside dest_dir (.NAME.copy.partial-PID).
+
+    Call only while holding the lock of dest_dir's parent (datadir_archive.locked): then no live
+    run owns them. They never carried the real name, so nothing ever trusted them."""
+    parent, base = os.path.split(os.path.abspath(dest_dir))
+    prefix = ".%s.copy.partial-" % base
+    removed = []
+    for name in sorted(os.listdir(parent)):
+        if name.startswith(prefix) and name[len(prefix):].isdigit():
+            shutil.rmtree(os.path.join(parent, name))
+            removed.append(name)
+    return removed
+
+
+def source_position(data_dir: str) -> dict[str, int] | None:
+    """The member's log position now (quick facts; a running member's files may move under the
+    read: tried a few times). None when it cannot be read."""
+    for _attempt in range(3):
+        try:
+            facts = dqlite_datadir.inspect_datadir(data_dir, "quick")
+            return _position(facts)
+        except OSError:
+            time.sleep(0.05)
+    return None
+
+
+def record_verification(dest_dir: str, verified: dict[str, Any]) -> dict[str, Any]:
+    """Write `verified` into the copy's MANIFEST.json (atomically); returns the manifest."""
+    path = os.path.join(dest_dir, MANIFEST)
+    with open(path, encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    manifest["verified"] = verified
+    arch.write_atomic(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    return manifest
