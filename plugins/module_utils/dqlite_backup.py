@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -74,7 +75,7 @@ def _listing(data_dir: str) -> dict[str, tuple[int, int]]:
             st = os.stat(os.path.join(data_dir, name))
         except FileNotFoundError:
             continue  # removed between the two calls
-        if os.path.stat.S_ISREG(st.st_mode):
+        if stat.S_ISREG(st.st_mode):
             out[name] = (st.st_ino, st.st_size)
     return out
 
@@ -531,7 +532,6 @@ def would_copy(data_dir: str) -> dict[str, Any]:
             + [{"name": "%s/%s" % (NODE, n), "size": listing[n][1]} for n in plan["node"]],
             "snapshot_index": plan["snapshot"]["index"] if plan["snapshot"] else 0,
             "bytes": plan["bytes"]}
-
 
 
 def remove_stale_partials(dest_dir: str) -> list[str]:
