@@ -168,7 +168,7 @@ def _kernel_copy(handle, dest: str, progress: ProgressSink) -> dict[str, Any]:
     try:
         with os.fdopen(fd, "r+b", buffering=0) as out:
             while True:
-                count = os.copy_file_range(handle.fileno(), out.fileno(), COPY_PIECE)  # type: ignore[attr-defined]
+                count = os.copy_file_range(handle.fileno(), out.fileno(), COPY_PIECE)
                 if not count:
                     break
                 out.seek(size)

@@ -208,6 +208,14 @@ def _existing(module, p, progress):
     verified = manifest.get("verified") or {}
     result = dict(changed=False, existed=True, dest=dest, files=manifest["files"], position=manifest["position"],
                   snapshot_index=manifest["snapshot_index"], verified=verified)
+    if p["verify"] != "none" and not verified.get("how", "").startswith("facts-full"):
+        # made with verify=none: the full check is asked for now
+        if module.check_mode:
+            return dict(result, changed=True)
+        backup.check_copy(os.path.join(dest, backup.RAFT), manifest["position"]["index"], p["lz4_engine"])
+        verified = {"at": backup.manifest_time(), "how": "facts-full", "result": "ok"}
+        backup.record_verification(dest, verified)
+        result.update(verified=verified, changed=True)
     if p["verify"] == "started" and not (verified.get("result") == "ok" and "started" in verified.get("how", "")):
         if module.check_mode:
             return dict(result, changed=True)
