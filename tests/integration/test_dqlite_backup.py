@@ -99,7 +99,7 @@ def _check_churn(seen):
 
 
 def test_copies_under_continuous_writes_load_and_start_with_every_acknowledged_row(lab):
-    seen = _copies_under_writes(lab, rounds=8, started_every=4, tag="ci")
+    seen = _copies_under_writes(lab, rounds=6, started_every=3, tag="ci")
     _check_churn(seen)
     print(json.dumps([{k: v for k, v in e.items() if k != "files"} for e in seen]))
 
@@ -121,7 +121,9 @@ def test_module_copies_a_running_member_and_verifies_it_started_alone(lab):
     dest = leader.real_path("/var/backups/qr-test/module-1")
     manifest = json.loads((dest / "MANIFEST.json").read_text())
     assert manifest["verified"]["rows"] == result["rows"] and manifest["files"] == result["files"]
-    assert [p["phase"] for p in result["progress"]][:2] == ["copy", "check"]
+    phases = [p["phase"] for p in result["progress"]]
+    # a round retaken (files moved under the copy) shows as one more copy phase
+    assert phases[0] == "copy" and "check" in phases and phases.count("copy") == result["retries"] + 1, phases
     assert not [n for n in os.listdir(dest.parent) if "partial" in n or n.startswith("dqlite-verify-")]
 
 
@@ -129,17 +131,17 @@ def test_module_check_mode_and_idempotence_on_a_stopped_member(lab):
     host = next(h for h in lab.hosts() if h != _leader(lab))
     lab.service(host, "dqlite", "stop")
     try:
-        args = dict(path=host.dqlite_data_dir, dest="/var/backups/qr-test/stopped", verify="started", **DEMO_FLAVOR)
+        args = dict(path=host.dqlite_data_dir, dest="/var/backups/qr-test/stopped", verify="facts")
         before = fingerprint(host.real_path(host.dqlite_data_dir), ctime=True)
         shown = _module(lab, host, args, check=True)
         assert shown["changed"] and not shown["_failed"] and "raft/metadata1" in [f["name"] for f in shown["files"]]
         assert not host.real_path("/var/backups/qr-test/stopped").exists()
         made = _module(lab, host, args)
-        assert made["changed"] and not made["existed"] and made["rows"] > 0, made
+        assert made["changed"] and not made["existed"] and made["verified"]["how"] == "facts-full", made
         again_check = _module(lab, host, args, check=True)
         again = _module(lab, host, args)
         assert not again_check["changed"] and not again["changed"] and again["existed"], again
-        assert again["position"] == made["position"] and again["rows"] == made["rows"]
+        assert again["position"] == made["position"] and again["files"] == made["files"]
         assert fingerprint(host.real_path(host.dqlite_data_dir), ctime=True) == before  # the member untouched
         # a dest holding something else is refused, never replaced
         other = dict(args, dest="/var/backups/qr-test/not-a-copy")
