@@ -41,7 +41,9 @@ PKI_DIR = "/etc/qrlab/pki"  # in the private /etc/qrlab: each host sees only its
 # that joins the lab adds its data directory here.
 PRIVATE_PATHS = {
     "etcd": ETCD_DIR,
-    "dqlite": DQLITE_DIR,
+    # the backend's parent, not the backend: a recovery stages and moves files NEXT TO a data
+    # directory (backend.incoming-*, backend.replaced-*), and a rename across mounts fails (EXDEV)
+    "dqlite": os.path.dirname(DQLITE_DIR),
     "run": "/run",
     "etc": "/etc/qrlab",
     "log": "/var/log/qrlab",
@@ -71,6 +73,9 @@ class Host:
     address: str
     state: Path
     etcd_tls: bool = False  # etcd serves https on this host (the lab's TLS mode)
+    # dqlite keeps its raft files directly in DQLITE_DIR (MicroK8s's k8s-dqlite, lab/microk8s.py)
+    # rather than in DQLITE_DIR/<address> (the go-dqlite app dqlite-demo)
+    dqlite_flat: bool = False
 
     @property
     def netns(self) -> str:
@@ -127,4 +132,4 @@ class Host:
 
     @property
     def dqlite_data_dir(self) -> str:
-        return "%s/%s" % (DQLITE_DIR, self.dqlite_address)
+        return DQLITE_DIR if self.dqlite_flat else "%s/%s" % (DQLITE_DIR, self.dqlite_address)
