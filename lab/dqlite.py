@@ -24,9 +24,10 @@ class DqliteEngine(Hosts):
     DQLITE_TOOLS = ("dqlite-demo", "dqlite")
     DQLITE_DATABASE = "demo"
 
-    def _dqlite_shell(self, host: Host) -> list[str]:
-        """The go-dqlite shell pointed at the host's member, before its options and database."""
-        return ["dqlite", "-s", host.dqlite_address]
+    def _dqlite_ask(self, host: Host, command: str) -> list[str]:
+        """argv asking the host's member a shell command: .cluster (as JSON) or .leader."""
+        return ["dqlite", "-s", host.dqlite_address, *(["-f", "json"] if command == ".cluster" else []),
+                self.DQLITE_DATABASE, command]
 
     def _write_dqlite_service(self, host: Host, hosts: list[Host]) -> None:
         dqlite = ["dqlite-demo", "--api", host.dqlite_api, "--db", host.dqlite_address, "--dir", DQLITE_DIR]
@@ -50,7 +51,7 @@ class DqliteEngine(Hosts):
                 and sum(1 for n in nodes if n["Role"] == "voter") == voters)
 
     def dqlite_nodes(self, host: Host) -> list[dict]:
-        proc = self.exec(host, [*self._dqlite_shell(host), "-f", "json", self.DQLITE_DATABASE, ".cluster"],
+        proc = self.exec(host, self._dqlite_ask(host, ".cluster"),
                          check=False, timeout=30)
         if proc.returncode:
             return []
@@ -63,7 +64,7 @@ class DqliteEngine(Hosts):
                  "Role": roles.get(n.get("Role"), str(n.get("Role")))} for n in nodes]
 
     def dqlite_leader(self, host: Host) -> str:
-        proc = self.exec(host, [*self._dqlite_shell(host), self.DQLITE_DATABASE, ".leader"], check=False, timeout=30)
+        proc = self.exec(host, self._dqlite_ask(host, ".leader"), check=False, timeout=30)
         return proc.stdout.strip() if proc.returncode == 0 else ""
 
     def _dqlite_inventory_group(self, hosts: list[Host]) -> dict:

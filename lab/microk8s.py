@@ -111,8 +111,10 @@ class MicroK8sDqlite:
         cluster = [] if host is hosts[0] else [hosts[0].dqlite_address]
         (backend / "init.yaml").write_text("Address: %s\nCluster: [%s]\n" % (host.dqlite_address, ", ".join(cluster)))
 
-    def _dqlite_shell(self, host: Host) -> list[str]:
-        return [SHELL, "-s", host.dqlite_address, "-c", DQLITE_DIR + "/cluster.crt", "-k", DQLITE_DIR + "/cluster.key"]
+    def _dqlite_ask(self, host: Host, command: str) -> list[str]:
+        """The member's own client, not the shell (the role uses the shell): go-dqlite 1.11.5's shell
+        hangs over TLS when the member asked is not the leader (see lab/files/k8s-dqlite/main.go)."""
+        return [str(K8S_DQLITE), command.lstrip("."), "--storage-dir", DQLITE_DIR, "--server", host.dqlite_address]
 
     def _dqlite_inventory_group(self, hosts: list[Host]) -> dict:
         """The operator's inventory for a MicroK8s cluster on hosts without systemd: the flavor as

@@ -21,6 +21,12 @@
 //
 //   qrlab-k8s-dqlite serve --storage-dir DIR --api HOST:PORT
 //   qrlab-k8s-dqlite check|put --storage-dir DIR --server HOST:PORT --prefix P --count N [--start I] [--size S]
+//   qrlab-k8s-dqlite cluster|leader --storage-dir DIR --server HOST:PORT
+//
+// cluster and leader print what the shell's .cluster (-f json) and .leader print. The lab asks
+// with these rather than with the shell: go-dqlite 1.11.5's shell keeps a TLS session cache, and
+// with one certificate (one server name) for every node it offers one node's session to the
+// next; seen here, its call then hangs whenever the node asked first is not the leader.
 //
 // check and put talk the dqlite wire protocol over TLS (cluster.crt/key of DIR) to the member at
 // --server (the driver asks it for the leader), with no HTTP in between; they print one JSON line.
@@ -292,6 +298,41 @@ func serve(dir, api string) error {
 	return node.Close()
 }
 
+func dialTLS(dir string) (client.DialFunc, error) {
+	pair, pool, err := clusterTLS(dir)
+	if err != nil {
+		return nil, err
+	}
+	config := app.SimpleDialTLSConfig(pair, pool)
+	config.ClientSessionCache = nil // see serve()
+	return client.DialFuncWithTLS(client.DefaultDialFunc, config), nil
+}
+
+// ask: the cluster's members or its leader, asked of the member at server (then of its leader).
+func ask(action, dir, server string) (interface{}, error) {
+	dial, err := dialTLS(dir)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	store := client.NewInmemNodeStore()
+	store.Set(ctx, []client.NodeInfo{{Address: server}})
+	leader, err := client.FindLeader(ctx, store, client.WithDialFunc(dial))
+	if err != nil {
+		return nil, err
+	}
+	defer leader.Close()
+	if action == "leader" {
+		info, err := leader.Leader(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return info.Address, nil
+	}
+	return leader.Cluster(ctx)
+}
+
 func valueFor(key string, size int) []byte {
 	unit := []byte(key + "|")
 	out := make([]byte, 0, size+len(unit))
@@ -303,15 +344,12 @@ func valueFor(key string, size int) []byte {
 
 // keys: put or check P<start>..P<start+count-1> straight over the dqlite protocol with TLS.
 func keys(action, dir, server, prefix string, start, count, size int) (map[string]interface{}, error) {
-	pair, pool, err := clusterTLS(dir)
+	dial, err := dialTLS(dir)
 	if err != nil {
 		return nil, err
 	}
 	store := client.NewInmemNodeStore()
 	store.Set(context.Background(), []client.NodeInfo{{Address: server}})
-	config := app.SimpleDialTLSConfig(pair, pool)
-	config.ClientSessionCache = nil // see serve()
-	dial := client.DialFuncWithTLS(client.DefaultDialFunc, config)
 	drv, err := driver.New(store, driver.WithDialFunc(dial), driver.WithConnectionTimeout(10*time.Second),
 		driver.WithContextTimeout(10*time.Second))
 	if err != nil {
@@ -413,8 +451,24 @@ func main() {
 		if err != nil {
 			os.Exit(1)
 		}
+	case "cluster", "leader":
+		if *server == "" {
+			fmt.Fprintln(os.Stderr, "--server is required")
+			os.Exit(2)
+		}
+		result, err := ask(action, *dir, *server)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "qrlab-k8s-dqlite %s: %v\n", action, err)
+			os.Exit(1)
+		}
+		if address, ok := result.(string); ok {
+			fmt.Println(address)
+		} else {
+			out, _ := json.Marshal(result)
+			fmt.Println(string(out))
+		}
 	default:
-		fmt.Fprintf(os.Stderr, "unknown action %q (serve, check, put)\n", action)
+		fmt.Fprintf(os.Stderr, "unknown action %q (serve, check, put, cluster, leader)\n", action)
 		os.Exit(2)
 	}
 }
