@@ -47,20 +47,20 @@ class MicroK8sDqlite:
     DQLITE_SHAPE = "microk8s"
 
     def _host_fields(self) -> dict:
-        return dict(super()._host_fields(), dqlite_flat=True)  # type: ignore[misc]
+        return dict(super()._host_fields(), dqlite_flat=True)
 
     def _preflight(self, engine_tools=()) -> None:
         if not K8S_DQLITE.exists():
             raise LabError("%s is not built: run scripts/setup (or scripts/build-k8s-dqlite)" % K8S_DQLITE)
-        super()._preflight(engine_tools)  # type: ignore[misc]
+        super()._preflight(engine_tools)
 
     @property
     def _pki(self) -> Path:
-        return self.state / "k8s-dqlite-pki"  # type: ignore[attr-defined]
+        return self.state / "k8s-dqlite-pki"
 
     # ------------------------------------------------------------- the hosts
     def _make_dirs(self, hosts: list[Host]) -> None:
-        super()._make_dirs(hosts)  # type: ignore[misc]
+        super()._make_dirs(hosts)
         made = []
         path = Path(SNAP_DIR)
         while not path.exists():  # the mount point, in the root namespace: remembered, removed by down()
@@ -70,7 +70,7 @@ class MicroK8sDqlite:
         keep = Path(SNAP_DIR) / ".qrlab-mountpoint"
         if not keep.exists():  # see Hosts._make_dirs: keeps another lab's down() from removing it
             keep.write_text("mount point of the quorum.recovery labs; keeps it from being removed under them\n")
-        self._record(created=self._recorded().get("created", []) + made)  # type: ignore[attr-defined]
+        self._record(created=self._recorded().get("created", []) + made)
         for host in hosts:
             host.real_path(DQLITE_DIR).mkdir(exist_ok=True)
             bin_dir = host.root / "snap-microk8s" / "current" / "bin"
@@ -79,7 +79,7 @@ class MicroK8sDqlite:
         self._make_cluster_cert()
 
     def _make_mount_ns(self, host: Host) -> None:
-        super()._make_mount_ns(host)  # type: ignore[misc]
+        super()._make_mount_ns(host)
         script = ["set -e", "mount --bind %s %s" % (host.root / "snap-microk8s", SNAP_DIR),
                   "mount --bind /usr/bin/dqlite %s" % SHELL]
         run(["nsenter", "--mount=%s" % host.mntns, "--", "sh", "-c", "\n".join(script)])
@@ -123,7 +123,7 @@ class MicroK8sDqlite:
             "recover_flavor": "microk8s",
             "recover_service_control": "commands",
             "recover_service_commands": {
-                action: "%s dqlite %s" % (" ".join(self.service_cmd), action)  # type: ignore[attr-defined]
+                action: "%s dqlite %s" % (" ".join(self.service_cmd), action)
                 for action in ("start", "stop", "status")},
         }}
 
@@ -136,8 +136,8 @@ class MicroK8sDqlite:
         """dqlite: read every key through the dqlite protocol over TLS (the backend's cluster
         certificate), asking this host's member for the leader; no HTTP in between."""
         if engine != "dqlite":
-            return super().check_keys(host, engine, count, prefix, start, size)  # type: ignore[misc]
-        proc = self.exec(host, [str(K8S_DQLITE), "check", "--storage-dir", DQLITE_DIR,  # type: ignore[attr-defined]
+            return super().check_keys(host, engine, count, prefix, start, size)
+        proc = self.exec(host, [str(K8S_DQLITE), "check", "--storage-dir", DQLITE_DIR,
                                 "--server", host.dqlite_address, "--prefix", prefix, "--count", str(count),
                                 "--start", str(start), "--size", str(size)], check=False)
         try:
