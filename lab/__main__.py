@@ -25,8 +25,9 @@ def main(argv=None) -> int:
     up.add_argument("--backup-host", action="store_true",
                     help="one more host, sshd only, in the inventories' group backup_hosts (backup.yml's destination)")
     up.add_argument("--dqlite-shape", choices=SHAPES,
-                    help="dqlite member: demo (dqlite-demo, the go-dqlite-app flavor) or microk8s (a k8s-dqlite-shaped "
-                    "member with TLS, for the microk8s flavor); env QRLAB_DQLITE_SHAPE, default demo")
+                    help="dqlite member: demo (dqlite-demo, the go-dqlite-app flavor), microk8s (a k8s-dqlite-shaped "
+                    "member with TLS at MicroK8s's paths, for the microk8s flavor) or k8s-snap (the same at k8s-snap's); "
+                    "env QRLAB_DQLITE_SHAPE, default demo")
     down = sub.add_parser("down", help="stop every lab process and remove namespaces, links, mounts")
     down.add_argument("--keep-state", action="store_true", help="keep the hosts' data directories")
     sub.add_parser("status", help="print the member table")

@@ -1,4 +1,5 @@
-"""A MicroK8s-shaped dqlite member on the lab's hosts (`python -m lab up --dqlite-shape microk8s`).
+"""A MicroK8s-shaped dqlite member on the lab's hosts (`python -m lab up --dqlite-shape microk8s`),
+and the same at k8s-snap's paths (`--dqlite-shape k8s-snap`).
 
 The member is the project's own small program, lab/files/k8s-dqlite/main.go (built by
 scripts/build-k8s-dqlite from Debian 12's go-dqlite sources), shaped like MicroK8s's k8s-dqlite:
@@ -22,13 +23,11 @@ import os
 import shutil
 from pathlib import Path
 
-from .base import DQLITE_API_PORT, DQLITE_DIR, ENGINES_DIR, Host, LabError, run
+from .base import DQLITE_API_PORT, DQLITE_DIR, ENGINES_DIR, K8S_SNAP_DQLITE_DIR, Host, LabError, run
 from .core import Lab
 
-SHAPES = ("demo", "microk8s")
+SHAPES = ("demo", "microk8s", "k8s-snap")
 K8S_DQLITE = ENGINES_DIR / "qrlab-k8s-dqlite" / "qrlab-k8s-dqlite"
-SNAP_DIR = "/snap/microk8s"  # a private directory of each host in this shape
-SHELL = SNAP_DIR + "/current/bin/dqlite"  # the flavor's shell, as the snap ships it
 
 
 def wanted_dqlite_shape(shape: str | None = None) -> str:
@@ -40,14 +39,18 @@ def wanted_dqlite_shape(shape: str | None = None) -> str:
 
 
 class MicroK8sDqlite:
-    """The dqlite parts of the lab for the MicroK8s shape; mixed in before Lab (MicroK8sLab)."""
+    """The dqlite parts of the lab for the MicroK8s shape; mixed in before Lab (MicroK8sLab). The
+    k8s-snap shape is the same member at k8s-snap's paths (K8sSnapDqlite: data only)."""
 
     DQLITE_TOOLS = ("dqlite", "openssl", str(K8S_DQLITE))
     DQLITE_DATABASE = "k8s"
-    DQLITE_SHAPE = "microk8s"
+    DQLITE_SHAPE = FLAVOR = "microk8s"  # the shape, and the recover role's flavor for it
+    BACKEND = DQLITE_DIR
+    SNAP_DIR = "/snap/microk8s"  # a private directory of each host in this shape
+    SHELL = SNAP_DIR + "/current/bin/dqlite"  # the flavor's shell, where the snap has it
 
     def _host_fields(self) -> dict:
-        return dict(super()._host_fields(), dqlite_flat=True)
+        return dict(super()._host_fields(), dqlite_backend=self.BACKEND)
 
     def _preflight(self, engine_tools=()) -> None:
         if not K8S_DQLITE.exists():
@@ -62,26 +65,26 @@ class MicroK8sDqlite:
     def _make_dirs(self, hosts: list[Host]) -> None:
         super()._make_dirs(hosts)
         made = []
-        path = Path(SNAP_DIR)
+        path = Path(self.SNAP_DIR)
         while not path.exists():  # the mount point, in the root namespace: remembered, removed by down()
             made.append(str(path))
             path = path.parent
-        Path(SNAP_DIR).mkdir(parents=True, exist_ok=True)
-        keep = Path(SNAP_DIR) / ".qrlab-mountpoint"
+        Path(self.SNAP_DIR).mkdir(parents=True, exist_ok=True)
+        keep = Path(self.SNAP_DIR) / ".qrlab-mountpoint"
         if not keep.exists():  # see Hosts._make_dirs: keeps another lab's down() from removing it
             keep.write_text("mount point of the quorum.recovery labs; keeps it from being removed under them\n")
         self._record(created=self._recorded().get("created", []) + made)
         for host in hosts:
-            host.real_path(DQLITE_DIR).mkdir(exist_ok=True)
-            bin_dir = host.root / "snap-microk8s" / "current" / "bin"
+            host.real_path(self.BACKEND).mkdir(exist_ok=True)
+            bin_dir = host.root / ("snap-" + self.DQLITE_SHAPE) / "current" / "bin"
             bin_dir.mkdir(parents=True, exist_ok=True)
             (bin_dir / "dqlite").touch()
         self._make_cluster_cert()
 
     def _make_mount_ns(self, host: Host) -> None:
         super()._make_mount_ns(host)
-        script = ["set -e", "mount --bind %s %s" % (host.root / "snap-microk8s", SNAP_DIR),
-                  "mount --bind /usr/bin/dqlite %s" % SHELL]
+        script = ["set -e", "mount --bind %s %s" % (host.root / ("snap-" + self.DQLITE_SHAPE), self.SNAP_DIR),
+                  "mount --bind /usr/bin/dqlite %s" % self.SHELL]
         run(["nsenter", "--mount=%s" % host.mntns, "--", "sh", "-c", "\n".join(script)])
 
     def _make_cluster_cert(self) -> None:
@@ -96,10 +99,10 @@ class MicroK8sDqlite:
 
     # ---------------------------------------------------------- the service
     def _write_dqlite_service(self, host: Host, hosts: list[Host]) -> None:
-        argv = [str(K8S_DQLITE), "serve", "--storage-dir", DQLITE_DIR, "--api", host.dqlite_api]
+        argv = [str(K8S_DQLITE), "serve", "--storage-dir", self.BACKEND, "--api", host.dqlite_api]
         (host.private("etc") / "services" / "dqlite.json").write_text(json.dumps(
             {"argv": argv, "stop_timeout": 10, "ready_port": DQLITE_API_PORT, "ready_timeout": 60}, indent=1))
-        backend = host.real_path(DQLITE_DIR)
+        backend = host.real_path(self.BACKEND)
         if (backend / "info.yaml").exists():
             return  # initialised: it knows its address and cluster (readdress() leaves them stale)
         for name in ("cluster.crt", "cluster.key"):
@@ -114,13 +117,13 @@ class MicroK8sDqlite:
     def _dqlite_ask(self, host: Host, command: str) -> list[str]:
         """The member's own client, not the shell (the role uses the shell): go-dqlite 1.11.5's shell
         hangs over TLS when the member asked is not the leader (see lab/files/k8s-dqlite/main.go)."""
-        return [str(K8S_DQLITE), command.lstrip("."), "--storage-dir", DQLITE_DIR, "--server", host.dqlite_address]
+        return [str(K8S_DQLITE), command.lstrip("."), "--storage-dir", self.BACKEND, "--server", host.dqlite_address]
 
     def _dqlite_inventory_group(self, hosts: list[Host]) -> dict:
         """The operator's inventory for a MicroK8s cluster on hosts without systemd: the flavor as
         shipped (its data directory, shell, database and TLS), only service control overridden."""
         return {"hosts": {h.name: None for h in hosts}, "vars": {
-            "recover_flavor": "microk8s",
+            "recover_flavor": self.FLAVOR,
             "recover_service_control": "commands",
             "recover_service_commands": {
                 action: "%s dqlite %s" % (" ".join(self.service_cmd), action)
@@ -137,13 +140,24 @@ class MicroK8sDqlite:
         certificate), asking this host's member for the leader; no HTTP in between."""
         if engine != "dqlite":
             return super().check_keys(host, engine, count, prefix, start, size)
-        proc = self.exec(host, [str(K8S_DQLITE), "check", "--storage-dir", DQLITE_DIR,
+        proc = self.exec(host, [str(K8S_DQLITE), "check", "--storage-dir", self.BACKEND,
                                 "--server", host.dqlite_address, "--prefix", prefix, "--count", str(count),
                                 "--start", str(start), "--size", str(size)], check=False)
         try:
             return json.loads(proc.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
             return {"ok": False, "error": (proc.stderr or proc.stdout).strip()[-2000:]}
+
+
+class K8sSnapDqlite(MicroK8sDqlite):
+    """k8s-snap's k8s-dqlite: the same program and files as MicroK8s's, at k8s-snap's paths (what
+    the role's k8s-snap flavor knows). k8s-snap's other dqlite database, k8sd's (a microcluster
+    app), is not part of the lab: see docs/microk8s-runbook.md."""
+
+    DQLITE_SHAPE = FLAVOR = "k8s-snap"
+    BACKEND = K8S_SNAP_DQLITE_DIR
+    SNAP_DIR = "/snap/k8s"
+    SHELL = SNAP_DIR + "/current/bin/dqlite"
 
 
 class MicroK8sLab(MicroK8sDqlite, Lab):
@@ -156,6 +170,10 @@ class MicroK8sLab(MicroK8sDqlite, Lab):
         return hosts
 
 
+class K8sSnapLab(K8sSnapDqlite, MicroK8sLab):
+    """The lab with k8s-snap-shaped dqlite members."""
+
+
 def lab_class(shape: str | None = None, state: Path | str | None = None):
     """The Lab class for a dqlite shape: the one asked for, else the one the lab at `state` was
     brought up with, else env QRLAB_DQLITE_SHAPE, else dqlite-demo's."""
@@ -164,4 +182,4 @@ def lab_class(shape: str | None = None, state: Path | str | None = None):
             shape = json.loads((Path(state) / "lab.json").read_text()).get("dqlite_shape")
         except (OSError, ValueError):
             shape = None
-    return MicroK8sLab if wanted_dqlite_shape(shape) == "microk8s" else Lab
+    return {"microk8s": MicroK8sLab, "k8s-snap": K8sSnapLab}.get(wanted_dqlite_shape(shape), Lab)

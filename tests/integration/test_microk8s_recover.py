@@ -9,6 +9,10 @@ The scenarios are those of test_recover_scenarios.py, on this shape, with its he
 acknowledged key is read back from every member through the dqlite protocol over TLS
 (lab.check_keys: the member's own client with the backend's certificate, asking that member).
 
+Each test runs on MicroK8s's shape; in the full tier also on k8s-snap's (the same member at
+/var/snap/k8s/common/var/lib/k8s-dqlite with its shell at /snap/k8s/current/bin/dqlite,
+recover_flavor=k8s-snap as shipped).
+
 CI tier: the lagging member, then every member powered off mid-write, with an update.yaml left in
 every backend and first a member without its certificate (refused before any change), then the
 recovery, then a second run that changes nothing. Full tier (marker full): update.yaml without the
@@ -25,18 +29,18 @@ import pytest
 
 from conftest import fingerprint, run_ansible
 from lab import lab_class
-from lab.base import DQLITE_DIR
 from test_recover_scenarios import PLAYBOOK, _assert_recovered, _lag, _newest_snapshot, _plan_winner, _recover
 
 # what MicroK8s leaves when a node was asked to change its address (k8s-dqlite reconfigures the
 # member to this ONE node at its next start)
 UPDATE_YAML = "Address: %s\n"
-TLS_FLAGS = ('"-c", "%s/cluster.crt", "-k", "%s/cluster.key"' % (DQLITE_DIR, DQLITE_DIR))
 
 
-@pytest.fixture
-def mk8s():
-    the_lab = lab_class("microk8s")()
+@pytest.fixture(params=["microk8s", pytest.param("k8s-snap", marks=pytest.mark.full)])
+def mk8s(request):
+    """A fresh lab of MicroK8s-shaped members (in the full tier also of k8s-snap-shaped ones: the
+    same member at k8s-snap's paths, recover_flavor=k8s-snap as shipped), always taken down."""
+    the_lab = lab_class(request.param)()
     try:
         yield the_lab
     finally:
@@ -44,7 +48,7 @@ def mk8s():
 
 
 def _backend(host):
-    return host.real_path(DQLITE_DIR)
+    return host.real_path(host.dqlite_data_dir)  # the backend: the raft files are directly in it
 
 
 def _leave_update_yaml(hosts):
@@ -55,7 +59,7 @@ def _leave_update_yaml(hosts):
 def _parents(lab):
     """Every file in and next to each member's backend (the recovery's archives and moved-aside
     files go next to it), and the run state: equal before and after = nothing changed."""
-    return {h.name: (fingerprint(h.real_path(os.path.dirname(DQLITE_DIR))),
+    return {h.name: (fingerprint(h.real_path(os.path.dirname(h.dqlite_data_dir))),
                      os.path.exists(h.real_path("/var/backups/quorum-recovery"))) for h in lab.hosts()}
 
 
@@ -76,8 +80,8 @@ def test_lagging_member_then_all_powered_off_mid_write_with_update_yaml_left(mk8
     before = _parents(lab)
     refused = _recover(lab, check=False)
     assert refused.returncode != 0, refused.stdout[-3000:]
-    assert "h2: %s/cluster.crt missing or unreadable: recover_flavor=microk8s reaches dqlite over TLS" % DQLITE_DIR \
-        in refused.stdout, refused.stdout[-3000:]
+    assert "h2: %s/cluster.crt missing or unreadable: recover_flavor=%s reaches dqlite over TLS" % (
+        lab.BACKEND, lab.FLAVOR) in refused.stdout, refused.stdout[-3000:]
     assert _parents(lab) == before, "a refused run changed files"
     cert.write_bytes(kept)
     cert.chmod(0o600)
@@ -88,19 +92,19 @@ def test_lagging_member_then_all_powered_off_mid_write_with_update_yaml_left(mk8
     winner = _plan_winner(out)
     assert winner in ("h1", "h2"), "h3 lagged, yet won:\n" + out[-3000:]
     # the flavor's shell, as shipped, with the backend's TLS files, asked the cluster
-    assert '"/snap/microk8s/current/bin/dqlite", "-f", "json", "-s", "file://%s/cluster.yaml", %s, "k8s", ".cluster"' \
-        % (DQLITE_DIR, TLS_FLAGS) in out, [line for line in out.splitlines() if "bin/dqlite" in line][:3]
+    assert '"%s", "-f", "json", "-s", "file://%s/cluster.yaml", "-c", "%s/cluster.crt", "-k", "%s/cluster.key", "k8s", ".cluster"' \
+        % (lab.SHELL, lab.BACKEND, lab.BACKEND, lab.BACKEND) in out, [line for line in out.splitlines() if "bin/dqlite" in line][:3]
     _assert_recovered(lab, hosts, {"key": (1000, 32), "acked": (300, 64)}, voters=3)
     recovery = json.loads(h1.real_path("/var/backups/quorum-recovery/journal.json").read_text())["recovery_id"]
     for host in hosts:  # update.yaml moved aside on every member, never deleted: on the winner by the
         # flavor's move_aside (nothing restores the winner), on the others by the restore or by it
         assert not (_backend(host) / "update.yaml").exists(), host.name
-        by_rule = host.real_path("%s.replaced-%s-update.yaml" % (DQLITE_DIR, recovery))
-        by_restore = host.real_path("%s.replaced-%s/update.yaml" % (DQLITE_DIR, recovery))
+        by_rule = host.real_path("%s.replaced-%s-update.yaml" % (lab.BACKEND, recovery))
+        by_restore = host.real_path("%s.replaced-%s/update.yaml" % (lab.BACKEND, recovery))
         found = [p for p in (by_rule, by_restore) if p.exists()]
         assert [p.read_text() for p in found] == [UPDATE_YAML % host.dqlite_address], (host.name, found)
         assert host.name != winner or found == [by_rule], (host.name, found)
-        for name in ("cluster.crt", "cluster.key", "failure-domain", "tuning.yaml", "localnode.yaml"):
+        for name in ("cluster.crt", "cluster.key", "failure-domain", "tuning.yaml", "localnode.yaml"):  # kept
             assert (_backend(host) / name).exists(), (host.name, name)
         info = (_backend(host) / "info.yaml").read_text()
         assert "Address: %s" % host.dqlite_address in info, (host.name, info)
@@ -126,10 +130,9 @@ def test_without_the_flavors_move_aside_a_leftover_update_yaml_splits_the_cluste
     hosts = lab.up(3, keys=200)
     lab.power_off("dqlite")
     _leave_update_yaml(hosts)
-    flavor = yaml.safe_load(open("roles/recover/vars/dqlite.yml"))["_recover_flavors"]["microk8s"]
-    assert flavor["move_aside"] == ["update.yaml"]
+    flavor = yaml.safe_load(open("roles/recover/vars/dqlite.yml"))["_recover_flavors"][lab.FLAVOR]
     flavor["move_aside"] = []
-    proc = _recover(lab, json.dumps({"_recover_flavors": {"microk8s": flavor}, "recover_verify_timeout": 30}),
+    proc = _recover(lab, json.dumps({"_recover_flavors": {lab.FLAVOR: flavor}, "recover_verify_timeout": 30}),
                     check=False)
     assert proc.returncode != 0, proc.stdout[-3000:]
     assert "did not reach the planned membership within 30 s" in proc.stdout, proc.stdout[-3000:]
@@ -148,12 +151,12 @@ def test_corrupt_newest_snapshot_on_the_two_most_advanced(mk8s):
         lab.service(host, "dqlite", "stop")
     newest = {h.name: _newest_snapshot(h) for h in (h1, h2)}
     for host in (h1, h2):
-        lab.corrupt(host, "%s/%s" % (DQLITE_DIR, newest[host.name]), offset=200, flip=4)
+        lab.corrupt(host, "%s/%s" % (lab.BACKEND, newest[host.name]), offset=200, flip=4)
     proc = _recover(lab)
     winner = _plan_winner(proc.stdout)
     assert winner in ("h1", "h2"), proc.stdout[-3000:]
     assert "%s: repair (move aside %s" % (winner, newest[winner]) in proc.stdout, proc.stdout[-4000:]
-    moved = [n for _root, _dirs, files in os.walk(lab.host(winner).real_path(DQLITE_DIR + ".quarantine")) for n in files]
+    moved = [n for _root, _dirs, files in os.walk(lab.host(winner).real_path(lab.BACKEND + ".quarantine")) for n in files]
     assert newest[winner] in moved, moved
     _assert_recovered(lab, hosts, {"key": (1000, 32), "churn": (2500, 200)}, voters=3)
 

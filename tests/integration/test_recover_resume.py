@@ -212,9 +212,9 @@ class Etcd:
 class MicroK8s(Dqlite):
     """The dqlite chain on MicroK8s-shaped members (lab/microk8s.py): recover_flavor=microk8s as
     shipped, TLS, the flat backend, database k8s; keys read back over TLS. The same break, checks
-    and marks as Dqlite; a sparser spread (every 40th task)."""
+    and marks as Dqlite; a sparser spread (every 40th task, and right after each mark only)."""
 
-    every = 40
+    every, past = 40, (0,)
 
 
 ENGINES = {"dqlite": Dqlite, "etcd": Etcd, "microk8s": MicroK8s}
