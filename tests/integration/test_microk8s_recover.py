@@ -16,8 +16,8 @@ recover_flavor=k8s-snap as shipped).
 CI tier: the lagging member, then every member powered off mid-write, with an update.yaml left in
 every backend and first a member without its certificate (refused before any change), then the
 recovery, then a second run that changes nothing. Full tier (marker full): update.yaml without the
-flavor's move_aside (the premise: the cluster splits), a corrupt newest snapshot, 2 of 3 lost for
-good.
+flavor's move_aside (the premise: the winner starts alone). The corrupt newest snapshot and 2 of 3
+lost for good are test_recover_scenarios.py's, parametrized by shape (full tier for these shapes).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import pytest
 
 from conftest import fingerprint, run_ansible
 from lab import lab_class
-from test_recover_scenarios import PLAYBOOK, _assert_recovered, _lag, _newest_snapshot, _plan_winner, _recover
+from test_recover_scenarios import PLAYBOOK, _assert_recovered, _lag, _plan_winner, _recover
 
 # what MicroK8s leaves when a node was asked to change its address (k8s-dqlite reconfigures the
 # member to this ONE node at its next start)
@@ -139,41 +139,3 @@ def test_without_the_flavors_move_aside_a_leftover_update_yaml_splits_the_cluste
     winner = lab.host(_plan_winner(proc.stdout))
     log = (winner.private("log") / "dqlite.log").read_text()
     assert "update.yaml: reconfiguring to this node alone" in log, log[-2000:]
-
-
-@pytest.mark.full
-def test_corrupt_newest_snapshot_on_the_two_most_advanced(mk8s):
-    lab = mk8s
-    hosts = lab.up(3, keys=1000)
-    h1, h2, _h3 = hosts
-    lab.churn(h1, "dqlite", 2500, 200)  # tuning.yaml: a snapshot every 1024 entries
-    for host in hosts:
-        lab.service(host, "dqlite", "stop")
-    newest = {h.name: _newest_snapshot(h) for h in (h1, h2)}
-    for host in (h1, h2):
-        lab.corrupt(host, "%s/%s" % (lab.BACKEND, newest[host.name]), offset=200, flip=4)
-    proc = _recover(lab)
-    winner = _plan_winner(proc.stdout)
-    assert winner in ("h1", "h2"), proc.stdout[-3000:]
-    assert "%s: repair (move aside %s" % (winner, newest[winner]) in proc.stdout, proc.stdout[-4000:]
-    moved = [n for _root, _dirs, files in os.walk(lab.host(winner).real_path(lab.BACKEND + ".quarantine")) for n in files]
-    assert newest[winner] in moved, moved
-    _assert_recovered(lab, hosts, {"key": (1000, 32), "churn": (2500, 200)}, voters=3)
-
-
-@pytest.mark.full
-def test_two_of_three_lost_for_good(mk8s):
-    lab = mk8s
-    hosts = lab.up(3, keys=1000)
-    h1, h2, h3 = hosts
-    for host in (h2, h3):
-        lab.kill(host, "dqlite")
-        lab.kill(host, "etcd")
-        lab.partition(host)  # gone: no process, no network
-    lab.service(h1, "dqlite", "stop")
-    proc = _recover(lab, '{"recover_lost": ["h2", "h3"]}')
-    assert _plan_winner(proc.stdout) == "h1"
-    assert "only 1 of the 3 voters" in proc.stdout
-    _assert_recovered(lab, [h1], {"key": (1000, 32)}, voters=1)
-    again = _recover(lab, '{"recover_lost": ["h2", "h3"]}')
-    assert "nothing to do" in again.stdout and not re.search(r"changed=[1-9]", again.stdout), again.stdout[-2000:]
