@@ -67,8 +67,8 @@ def main(argv=None) -> int:
 
     try:
         # `up` brings up the shape asked for; every other command uses the one the lab was brought up with
-        lab = lab_class(getattr(args, "dqlite_shape", None), None if args.cmd == "up" else args.state)(
-                  args.state, args.subnet, etcd_version=getattr(args, "etcd_version", None),
+        cls = lab_class(getattr(args, "dqlite_shape", None), None if args.cmd == "up" else args.state)
+        lab = cls(args.state, args.subnet, etcd_version=getattr(args, "etcd_version", None),
                   etcd_tls=getattr(args, "etcd_tls", None))
         if args.cmd == "up":
             lab.up(args.hosts, keys=args.keys, etcd_snapshot_count=args.etcd_snapshot_count,

@@ -13,7 +13,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lab import Lab, lab_class  # noqa: E402
+# the test modules take Lab from here
+from lab import Lab, lab_class  # noqa: E402,F401  pylint: disable=unused-import
 
 COLLECTIONS = Path(os.environ.get("ANSIBLE_COLLECTIONS_PATH", REPO / "build" / "collections"))
 # Import the collection's code from where it is installed (scripts/setup), as users get it.
