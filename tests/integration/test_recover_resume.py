@@ -212,9 +212,11 @@ class Etcd:
 class MicroK8s(Dqlite):
     """The dqlite chain on MicroK8s-shaped members (lab/microk8s.py): recover_flavor=microk8s as
     shipped, TLS, the flat backend, database k8s; keys read back over TLS. The same break, checks
-    and marks as Dqlite; a sparser spread (every 40th task, and right after each mark only)."""
+    and checks as Dqlite; a sparser spread: every 60th task, and right after the reconfigure, the
+    restore of the others and the 'starting' record (the steps where a half-done run differs)."""
 
-    every, past = 40, (0,)
+    every, past = 60, (0,)
+    marks = (("Reconfigure ONCE", None), ("Replace each other member", None), ("(starting)", None))
 
 
 ENGINES = {"dqlite": Dqlite, "etcd": Etcd, "microk8s": MicroK8s}
