@@ -5,7 +5,8 @@ import json
 import sys
 
 from .base import ETCD_BIN_DIRS
-from .core import DEFAULT_STATE, DEFAULT_SUBNET, MAX_HOSTS, Lab, LabError
+from .core import DEFAULT_STATE, DEFAULT_SUBNET, MAX_HOSTS, LabError
+from .microk8s import SHAPES, lab_class
 
 
 def main(argv=None) -> int:
@@ -23,6 +24,10 @@ def main(argv=None) -> int:
                     help="etcd over https with client and peer certificates (env QRLAB_ETCD_TLS=1)")
     up.add_argument("--backup-host", action="store_true",
                     help="one more host, sshd only, in the inventories' group backup_hosts (backup.yml's destination)")
+    up.add_argument("--dqlite-shape", choices=SHAPES,
+                    help="dqlite member: demo (dqlite-demo, the go-dqlite-app flavor), microk8s (a k8s-dqlite-shaped "
+                    "member with TLS at MicroK8s's paths, for the microk8s flavor) or k8s-snap (the same at k8s-snap's); "
+                    "env QRLAB_DQLITE_SHAPE, default demo")
     down = sub.add_parser("down", help="stop every lab process and remove namespaces, links, mounts")
     down.add_argument("--keep-state", action="store_true", help="keep the hosts' data directories")
     sub.add_parser("status", help="print the member table")
@@ -61,7 +66,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        lab = Lab(args.state, args.subnet, etcd_version=getattr(args, "etcd_version", None),
+        # `up` brings up the shape asked for; every other command uses the one the lab was brought up with
+        cls = lab_class(getattr(args, "dqlite_shape", None), None if args.cmd == "up" else args.state)
+        lab = cls(args.state, args.subnet, etcd_version=getattr(args, "etcd_version", None),
                   etcd_tls=getattr(args, "etcd_tls", None))
         if args.cmd == "up":
             lab.up(args.hosts, keys=args.keys, etcd_snapshot_count=args.etcd_snapshot_count,

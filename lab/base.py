@@ -33,6 +33,7 @@ ETCD_BIN_DIRS = {
 
 ETCD_DIR = "/var/lib/etcd"
 DQLITE_DIR = "/var/snap/microk8s/current/var/kubernetes/backend"
+K8S_SNAP_DQLITE_DIR = "/var/snap/k8s/common/var/lib/k8s-dqlite"  # k8s-snap's backend (lab/microk8s.py)
 ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380
 DQLITE_DB_PORT, DQLITE_API_PORT = 9001, 8001
 PKI_DIR = "/etc/qrlab/pki"  # in the private /etc/qrlab: each host sees only its own keys
@@ -41,7 +42,10 @@ PKI_DIR = "/etc/qrlab/pki"  # in the private /etc/qrlab: each host sees only its
 # that joins the lab adds its data directory here.
 PRIVATE_PATHS = {
     "etcd": ETCD_DIR,
-    "dqlite": DQLITE_DIR,
+    # the backend's parent, not the backend: a recovery stages and moves files NEXT TO a data
+    # directory (backend.incoming-*, backend.replaced-*), and a rename across mounts fails (EXDEV)
+    "dqlite": os.path.dirname(DQLITE_DIR),
+    "k8s-snap": os.path.dirname(K8S_SNAP_DQLITE_DIR),
     "run": "/run",
     "etc": "/etc/qrlab",
     "log": "/var/log/qrlab",
@@ -71,6 +75,9 @@ class Host:
     address: str
     state: Path
     etcd_tls: bool = False  # etcd serves https on this host (the lab's TLS mode)
+    # the backend directory that holds the raft files directly (k8s-dqlite, lab/microk8s.py);
+    # empty: they are in DQLITE_DIR/<address> (the go-dqlite app dqlite-demo)
+    dqlite_backend: str = ""
 
     @property
     def netns(self) -> str:
@@ -127,4 +134,4 @@ class Host:
 
     @property
     def dqlite_data_dir(self) -> str:
-        return "%s/%s" % (DQLITE_DIR, self.dqlite_address)
+        return self.dqlite_backend or "%s/%s" % (DQLITE_DIR, self.dqlite_address)

@@ -22,6 +22,12 @@ class DqliteEngine(Hosts):
     """The dqlite cluster: the first host bootstraps it, the others join."""
 
     DQLITE_TOOLS = ("dqlite-demo", "dqlite")
+    DQLITE_DATABASE = "demo"
+
+    def _dqlite_ask(self, host: Host, command: str) -> list[str]:
+        """argv asking the host's member a shell command: .cluster (as JSON) or .leader."""
+        return ["dqlite", "-s", host.dqlite_address, *(["-f", "json"] if command == ".cluster" else []),
+                self.DQLITE_DATABASE, command]
 
     def _write_dqlite_service(self, host: Host, hosts: list[Host]) -> None:
         dqlite = ["dqlite-demo", "--api", host.dqlite_api, "--db", host.dqlite_address, "--dir", DQLITE_DIR]
@@ -45,7 +51,7 @@ class DqliteEngine(Hosts):
                 and sum(1 for n in nodes if n["Role"] == "voter") == voters)
 
     def dqlite_nodes(self, host: Host) -> list[dict]:
-        proc = self.exec(host, ["dqlite", "-s", host.dqlite_address, "-f", "json", "demo", ".cluster"],
+        proc = self.exec(host, self._dqlite_ask(host, ".cluster"),
                          check=False, timeout=30)
         if proc.returncode:
             return []
@@ -58,7 +64,7 @@ class DqliteEngine(Hosts):
                  "Role": roles.get(n.get("Role"), str(n.get("Role")))} for n in nodes]
 
     def dqlite_leader(self, host: Host) -> str:
-        proc = self.exec(host, ["dqlite", "-s", host.dqlite_address, "demo", ".leader"], check=False, timeout=30)
+        proc = self.exec(host, self._dqlite_ask(host, ".leader"), check=False, timeout=30)
         return proc.stdout.strip() if proc.returncode == 0 else ""
 
     def _dqlite_inventory_group(self, hosts: list[Host]) -> dict:

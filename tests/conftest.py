@@ -13,7 +13,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lab import Lab  # noqa: E402
+# the test modules take Lab from here
+from lab import Lab, lab_class  # noqa: E402,F401  pylint: disable=unused-import
 
 COLLECTIONS = Path(os.environ.get("ANSIBLE_COLLECTIONS_PATH", REPO / "build" / "collections"))
 # Import the collection's code from where it is installed (scripts/setup), as users get it.
@@ -56,8 +57,9 @@ def json_lines(text: str) -> list[dict]:
 
 
 def etcd_variant(variant: str | None) -> tuple[str | None, bool | None]:
-    """"3.5+tls" -> ("3.5", True); "3.4" -> ("3.4", False); None -> the environment's (None, None)."""
-    if not variant:
+    """"3.5+tls" -> ("3.5", True); "3.4" -> ("3.4", False); None (or a dqlite shape such as
+    "microk8s") -> the environment's (None, None)."""
+    if not variant or variant == "microk8s":
         return None, None
     version, _sep, tls = variant.partition("+")
     return version, tls == "tls"
@@ -69,9 +71,11 @@ def lab(request):
 
     Its etcd is the one QRLAB_ETCD_VERSION and QRLAB_ETCD_TLS ask for (default 3.4, no TLS);
     a test parametrized indirectly with a variant such as "3.5" or "3.5+tls" gets a lab of its
-    own with that etcd (the module's other lab is taken down first: one lab at a time)."""
-    version, tls = etcd_variant(getattr(request, "param", None))
-    the_lab = Lab(etcd_version=version, etcd_tls=tls)
+    own with that etcd (the module's other lab is taken down first: one lab at a time); with
+    "microk8s", a lab whose dqlite members are MicroK8s-shaped (lab/microk8s.py) instead."""
+    variant = getattr(request, "param", None)
+    version, tls = etcd_variant(variant)
+    the_lab = lab_class("microk8s" if variant == "microk8s" else None)(etcd_version=version, etcd_tls=tls)
     try:
         the_lab.up(3, keys=1000)
         yield the_lab

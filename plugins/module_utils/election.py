@@ -113,7 +113,11 @@ def _is_lost(voter, lost, hosts):
     names = {str(x) for x in lost}
     if str(voter["id"]) in names or voter["address"] in names or voter.get("name") in names:
         return True
-    return any(hosts.get(name) == voter["address"] for name in names)
+    # a declared-lost host's configured address: its member address (recover_address), or, when it
+    # has none (a flavor that finds the address in info.yaml, such as microk8s), the host itself
+    # (the role passes its ansible_host), which then names the voter at that host on any port
+    at_host = voter["address"].rsplit(":", 1)[0]
+    return any(hosts.get(name) in (voter["address"], at_host) for name in names if hosts.get(name))
 
 
 def _address_reasons(members, current, hosts, addresses):

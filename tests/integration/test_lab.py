@@ -11,7 +11,8 @@ import yaml
 
 from conftest import REPO, etcd_variant, run_ansible
 
-PRIVATE_DIRS = ["/var/lib/etcd", "/var/snap/microk8s/current/var/kubernetes/backend", "/run", "/etc/qrlab",
+PRIVATE_DIRS = ["/var/lib/etcd", "/var/snap/microk8s/current/var/kubernetes",
+                "/var/snap/microk8s/current/var/kubernetes/backend", "/run", "/etc/qrlab",
                 "/root", "/tmp", "/var/tmp", "/var/backups"]
 
 

@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from conftest import Lab, run_ansible
+from conftest import lab_class, run_ansible
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_format
 
 PLAYBOOK = "playbooks/recover.yml"
@@ -23,7 +23,10 @@ PLAYBOOK = "playbooks/recover.yml"
 
 @pytest.fixture
 def fresh_lab(request):
-    the_lab = Lab()
+    """A lab per test, always taken down; a test parametrized indirectly with a dqlite shape
+    ("microk8s", "k8s-snap": lab/microk8s.py) gets members of that shape, recovered with the
+    flavor of that name as shipped."""
+    the_lab = lab_class(getattr(request, "param", None))()
     try:
         yield the_lab
     finally:
@@ -93,6 +96,12 @@ def test_lagging_member_then_all_powered_off_mid_write(fresh_lab):
     assert "nothing to do" in again.stdout and re.search(r"changed=0 ", again.stdout), again.stdout[-2000:]
 
 
+# the dqlite shapes of the lab besides dqlite-demo's, in the full tier (test_microk8s_recover.py has
+# MicroK8s's CI scenario)
+SHAPES = ["demo", pytest.param("microk8s", marks=pytest.mark.full), pytest.param("k8s-snap", marks=pytest.mark.full)]
+
+
+@pytest.mark.parametrize("fresh_lab", SHAPES, indirect=True)
 def test_two_of_three_lost_for_good(fresh_lab):
     lab = fresh_lab
     hosts = lab.up(3, keys=1000)
@@ -120,6 +129,7 @@ def _newest_snapshot(host):
                   if n.startswith("snapshot-") and not n.endswith(".meta"))[-1]
 
 
+@pytest.mark.parametrize("fresh_lab", SHAPES, indirect=True)
 def test_corrupt_newest_snapshot_on_the_two_most_advanced_and_corrupt_segment_on_another(fresh_lab):
     """h1 and h2 end level (a clean stop), each with a corrupt newest snapshot: one of them must be
     repaired to be the source, and only that one is (the other is rebuilt from it, its damaged

@@ -29,7 +29,13 @@ def test_real_path_maps_private_paths_and_refuses_shared_ones(tmp_path):
     host = Host("h2", 2, "10.254.77.12", tmp_path)
     assert host.real_path("/var/lib/etcd/member/wal/0.wal") == tmp_path / "hosts/h2/etcd/member/wal/0.wal"
     assert host.real_path("/var/snap/microk8s/current/var/kubernetes/backend/x:1/metadata1") == \
-        tmp_path / "hosts/h2/dqlite/x:1/metadata1"
+        tmp_path / "hosts/h2/dqlite/backend/x:1/metadata1"
+    # the backend's parent is private too: the recovery stages and moves files next to the backend
+    assert host.real_path("/var/snap/microk8s/current/var/kubernetes/backend.replaced-r1") == \
+        tmp_path / "hosts/h2/dqlite/backend.replaced-r1"
+    flat = Host("h2", 2, "10.254.77.12", tmp_path, dqlite_backend="/var/snap/microk8s/current/var/kubernetes/backend")  # the MicroK8s shape
+    assert flat.dqlite_data_dir == "/var/snap/microk8s/current/var/kubernetes/backend"
+    assert host.dqlite_data_dir == "/var/snap/microk8s/current/var/kubernetes/backend/10.254.77.12:9001"
     assert host.real_path("/run") == tmp_path / "hosts/h2/run/."
     with pytest.raises(LabError, match="not a private path"):
         host.real_path("/usr/bin/etcd")
