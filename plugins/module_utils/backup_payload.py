@@ -87,7 +87,7 @@ class _Sink:
 def write_backup(folder: str, name: str, files: list[dict], manifest: dict, recipients: list[str] | None = None,
                  age: str = "age", progress=arch.NO_PROGRESS) -> dict:
     """Write NAME.tar[.age] then NAME.json into folder. files: [{src, name}] (name = the path in
-    the tar). Returns the manifest as written."""
+    the tar; an optional sha256 it must still have). Returns the manifest as written."""
     recipients = list(recipients or [])
     for recipient in recipients:
         if not AGE_RECIPIENT_RE.match(recipient):
@@ -110,6 +110,9 @@ def write_backup(folder: str, name: str, files: list[dict], manifest: dict, reci
                         tar.addfile(info, reader)
                         if reader.size != info.size:
                             raise PayloadError("%s changed size while it was packed" % item["src"])
+                        if item.get("sha256") and reader.digest.hexdigest() != item["sha256"]:
+                            raise PayloadError("%s has sha256 %s, not %s as it was copied: it changed since"
+                                               % (item["src"], reader.digest.hexdigest(), item["sha256"]))
                     entries.append({"name": item["name"], "size": info.size, "sha256": reader.digest.hexdigest()})
                 blob = json.dumps({"format": FORMAT, "name": name, "files": entries}, indent=1, sort_keys=True).encode()
                 info = tarfile.TarInfo("MANIFEST.json")

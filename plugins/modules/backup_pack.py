@@ -41,8 +41,15 @@ options:
     description: The backup's name, C(CLUSTER-ENGINE-COUNTER-YYYYmmddTHHMMSSZ).
     type: str
     required: true
+  root:
+    description: The folder the O(files) are in (their C(name) is relative to it).
+    type: path
+    required: true
   files:
-    description: What goes into the tar, each C(src) (a file here) with its C(name) in the tar.
+    description:
+      - What goes into the tar, each with its C(name) (its path in the tar and below O(root)).
+      - An entry that also has a C(sha256) (as the copy recorded it) must still have it when packed, or nothing is
+        written.
     type: list
     elements: dict
     required: true
@@ -66,8 +73,9 @@ EXAMPLES = r"""
   quorum.recovery.backup_pack:
     folder: /var/backups/quorum-recovery/backup/outbox
     name: prod-etcd-0000000042-20261202T031500Z
+    root: /var/backups/quorum-recovery/backup/work
     files:
-      - {src: /var/backups/quorum-recovery/backup/work/snapshot.db, name: snapshot.db}
+      - {name: snapshot.db}
     manifest: "{{ backup_manifest }}"
     recipients: [age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p]
 """
@@ -106,6 +114,7 @@ def main():
         argument_spec=dict(
             folder=dict(type="path", required=True),
             name=dict(type="str", required=True),
+            root=dict(type="path", required=True),
             files=dict(type="list", elements="dict", required=True),
             manifest=dict(type="dict", required=True),
             recipients=dict(type="list", elements="str", default=[]),
@@ -121,9 +130,14 @@ def main():
     problems = []
     if not bp.NAME_RE.match(p["name"]):
         problems.append("name=%s is not CLUSTER-ENGINE-COUNTER(10 digits)-YYYYmmddTHHMMSSZ" % p["name"])
+    files = []
     for item in p["files"]:
-        if not isinstance(item.get("src"), str) or not os.path.isfile(item["src"]) or not item.get("name"):
-            problems.append("files: %s is not {src: an existing file, name: its path in the tar}" % item)
+        name = item.get("name")
+        src = os.path.join(p["root"], name) if isinstance(name, str) and name and ".." not in name.split("/") else None
+        if not src or not os.path.isfile(src):
+            problems.append("files: %s is not {name: a file below root=%s}" % (item, p["root"]))
+        else:
+            files.append(dict(item, src=src))
     problems += ["recipients: %r is not an age public key (age1...)" % r for r in p["recipients"]
                  if not bp.AGE_RECIPIENT_RE.match(r)]
     age = shutil.which(p["age"]) if p["recipients"] else None
@@ -149,7 +163,7 @@ def main():
         with arch.locked(p["folder"]):
             for stale in (payload, manifest_path):
                 arch.remove_stale_temporaries(stale)
-            written = bp.write_backup(p["folder"], p["name"], p["files"], p["manifest"], p["recipients"], age or "age",
+            written = bp.write_backup(p["folder"], p["name"], files, p["manifest"], p["recipients"], age or "age",
                                       progress)
     except (bp.PayloadError, OSError) as exc:
         progress.close()
