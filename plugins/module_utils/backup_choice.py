@@ -39,7 +39,8 @@ def verified(manifest: dict) -> bool:
 def list_folder(folder: str) -> tuple[dict, list]:
     """{name: manifest} of the backups in folder (orphans and partial writes are no candidates),
     and a sentence per manifest that cannot be read."""
-    found, unreadable = {}, []
+    found: dict = {}
+    unreadable: list = []
     try:
         names = sorted(os.listdir(folder))
     except OSError:
@@ -190,8 +191,8 @@ def open_payload(path: str, manifest: dict, dest: str, identity: str = "", age: 
                 if proc is None:
                     raise ChoiceError("backup %s: its payload cannot be unpacked: %s" % (name, exc))
             if proc is not None:
-                proc.stdout.read()
-                err = proc.stderr.read().decode("utf-8", "replace").strip()
+                proc.stdout.read()  # type: ignore[union-attr]
+                err = proc.stderr.read().decode("utf-8", "replace").strip()  # type: ignore[union-attr]
                 if proc.wait():
                     raise ChoiceError("recover_backup_identity does not decrypt backup %s (age: %s); nothing was "
                                       "written" % (name, err or "exit %d" % proc.returncode))
@@ -222,6 +223,8 @@ def _unpack(stream, work: str, entries: dict, seen: dict) -> None:
             os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
             digest, size = hashlib.sha256(), 0
             handle = tar.extractfile(member)
+            if handle is None:
+                continue
             with open(target, "wb") as out:
                 os.fchmod(out.fileno(), 0o600)
                 for chunk in iter(lambda: handle.read(arch.CHUNK), b""):
