@@ -22,7 +22,8 @@ import pytest
 from conftest import REPO, fingerprint, run_ansible
 from lab import Lab
 from lab.base import ETCD_DIR
-from test_backup import STATE, STORE, SUBDIR, backup, blab, manifests  # noqa: F401  # pylint: disable=unused-import  (blab: the lab fixture)
+# blab: test_backup's lab fixture (3 etcd members and the backup host h4), used here by name
+from test_backup import STATE, STORE, SUBDIR, backup, blab, manifests  # noqa: F401  # pylint: disable=unused-import
 
 
 def _store(lab: Lab):
