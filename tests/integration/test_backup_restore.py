@@ -6,9 +6,11 @@ Whole-cluster loss = every member's etcd killed (power off) and its data moved a
 directory is a bind mount inside the host (it cannot be renamed there), so its content (member/)
 is moved out of it on the lab's side; the member then has an empty data directory, no log.
 
-CI tier: the whole-cluster loss recovered from the newest off-node backup, a re-run with nothing
-to do, and a rollback refused with nothing changed. Full tier: a corrupted newest backup skipped
-for the previous one, and an encrypted backup (wrong identity refused, the right one restores).
+CI tier: the whole-cluster loss recovered from the newest off-node backup and a re-run with nothing
+to do (tests/unit/test_backup_choice.py covers the rollback refusal of the plan in CI). Full tier:
+a rollback refused with nothing changed, a corrupted newest backup skipped for the previous one,
+and an encrypted backup (wrong and missing identity refused with nothing changed, the right one
+restores).
 """
 from __future__ import annotations
 
@@ -80,6 +82,7 @@ def fingerprints(lab: Lab) -> dict:
     return found
 
 
+@pytest.mark.full
 def test_rollback_without_confirmation_is_refused_and_changes_nothing(blab, tmp_path):
     newest = take_backup(blab)
     for i in range(5):  # the cluster moves on past the backup
