@@ -260,3 +260,49 @@ def test_ansible_builder_makes_the_execution_environment_context(tmp_path):
     requirements = (context / "_build" / "requirements.yml").read_text()
     assert "/build/quorum-recovery.tar.gz" in requirements
     assert re.search(r"^age \[platform:dpkg\]", (context / "_build" / "bindep.txt").read_text(), re.M)
+
+
+def _timer(tmp_path, *extra, check=True):
+    args = ["-e", "backup_timer_unit_dir=%s" % (tmp_path / "units"), "-e", "backup_timer_config_dir=%s" % (tmp_path / "cfg")]
+    for item in extra:
+        args += ["-e", item if isinstance(item, str) else json.dumps(item)]
+    return run_ansible("ansible-playbook", REPO / "playbooks" / "backup_timer.yml", *args,
+                       inventory=REPO / "tests" / "integration" / "localhost.ini", check=check)
+
+
+def test_systemd_timer_units_are_checked_installed_and_run_a_real_backup(blab, tmp_path):
+    """backup_timer.yml writes units that systemd-analyze accepts; the service's own command line,
+    run as systemd would run it (its Environment= and ExecStart=), takes a verified backup."""
+    (tmp_path / "units").mkdir()
+    out = _timer(tmp_path, "backup_timer_inventory=%s" % blab.etcd_inventory_path, "backup_cluster=etcd",
+                 {"backup_timer_extra_vars": {"recover_engine": "etcd"}, "backup_timer_on_calendar": "*-*-* 00/4:15:00"}).stdout
+    assert "systemd does not run here" in out
+    service = (tmp_path / "units" / "quorum-recovery-backup-etcd.service").read_text()
+    timer = (tmp_path / "units" / "quorum-recovery-backup-etcd.timer").read_text()
+    assert "OnCalendar=*-*-* 00/4:15:00" in timer and "Persistent=true" in timer
+    extra = tmp_path / "cfg" / "quorum-recovery-backup-etcd.yml"
+    assert extra.stat().st_mode & 0o777 == 0o600 and "recover_engine: etcd" in extra.read_text()
+    env = dict(os.environ)
+    for line in service.splitlines():
+        if line.startswith("Environment="):
+            key, _sep, value = line[len("Environment="):].partition("=")
+            env[key] = value
+    execstart = [line[len("ExecStart="):] for line in service.splitlines() if line.startswith("ExecStart=")][0]
+    before = set(manifests(_store_on(blab, "h4")))
+    env.update(ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    proc = subprocess.run(execstart.split(), env=env, capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    new = set(manifests(_store_on(blab, "h4"))) - before
+    assert len(new) == 1
+    check_backup(_store_on(blab, "h4"), new.pop())
+
+
+def test_systemd_timer_bad_input_and_bad_calendar_install_nothing(tmp_path):
+    (tmp_path / "units").mkdir()
+    proc = _timer(tmp_path, "backup_timer_inventory=relative.yml", check=False)
+    assert proc.returncode != 0 and "backup_timer_inventory=relative.yml" in proc.stdout
+    assert not (tmp_path / "cfg").exists() and not list((tmp_path / "units").iterdir())
+    proc = _timer(tmp_path, {"backup_timer_inventory": "/etc/ansible/hosts", "backup_timer_on_calendar": "every full moon"},
+                  check=False)
+    assert proc.returncode != 0 and "systemd-analyze" in proc.stdout, proc.stdout[-2000:]
+    assert not list((tmp_path / "units").iterdir()), "a unit systemd-analyze refused was installed"
