@@ -58,7 +58,11 @@ def actions(part: str, winner: str, source: dict, new_address: str | None, repai
     done = ["stop", "safety archive"]
     if repairs:
         done.append("repair (%s), originals kept in the quarantine folder" % describe_repairs(repairs))
-    if part == "winner":
+    if part == "winner" and source["step"] == "backup":
+        done.append("receive backup %s's raft files (term %s index %s) into its data directory (its own moved "
+                    "aside), write the new membership and run .reconfigure ONCE" % (
+                        source["backup"], source["term"], source["expected_last_index"]))
+    elif part == "winner":
         done.append("write the new membership and run .reconfigure ONCE (appends %s)" % source["segment"])
     if new_address:
         done.append("write info.yaml with its new address %s" % new_address)

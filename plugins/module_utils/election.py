@@ -210,15 +210,20 @@ def _loss_if_chosen(host, members, chosen):
 
 def make_plan(engine: str, members: dict, lost: Iterable = (), winner: str | None = None,
               addresses: dict | None = None, hosts: dict | None = None, max_voters: int = 3,
-              allow_repairs: bool = True, accept_loss: bool = False, source_options: dict | None = None) -> dict:
+              allow_repairs: bool = True, accept_loss: bool = False, source_options: dict | None = None,
+              backup: dict | None = None) -> dict:
     """Plan a recovery. members: {host: summary}; lost: declared lost members (inventory names,
     addresses, IDs or names); winner: an operator override; addresses: {host: new address};
     hosts: {host: configured address}; allow_repairs=False on the pass after the repairs (a
     member still needing one is then refused); source_options: the engine's choices for the
-    restore source (etcd: raw_db). Raises PlanRefused with every reason at once."""
+    restore source (etcd: raw_db); backup: the backup to restore instead of a member's data
+    (see _backup_plan). Raises PlanRefused with every reason at once."""
     hooks = ENGINES[engine]
     addresses, hosts = dict(addresses or {}), dict(hosts or {})
     members = {h: dict(s or {}) for h, s in members.items()}
+    if backup:
+        return _backup_plan(engine, members, backup, lost=lost, winner=winner, addresses=addresses, hosts=hosts,
+                            max_voters=max_voters)
     reasons, warnings, why = [], [], []
     if not members:
         raise PlanRefused(["no member's facts to plan from: every member is declared lost or unreachable"])
@@ -372,6 +377,17 @@ def make_plan(engine: str, members: dict, lost: Iterable = (), winner: str | Non
     source = hooks.source(chosen, members[chosen], pos[chosen], dict(source_options or {}))
     if source.get("loses"):  # an operator's opt-in to a source that drops entries: said, every time
         warnings.append(source["loses"])
+    return _assemble(engine, members, chosen, membership, lost_members, source, current, verdicts, pos,
+                     why, warnings, losses, repairs)
+
+
+def _assemble(engine, members, chosen, membership, lost_members, source, current, verdicts, pos,
+              why, warnings, losses, repairs):
+    """The plan as every caller gets it, from what the election (or the backup's plan) decided."""
+    hooks = ENGINES[engine]
+    survivors = sorted(members)
+    ids = {m["host"]: m["id"] for m in membership}
+    roles = {m["host"]: m["role"] for m in membership}
     moved = {m["host"]: m["address"] for m in membership if m["address"] != current[m["host"]]}
     for host in sorted(moved):
         why.append("%s's address changes from %s to %s (recover_addresses): the new membership names the new one"
@@ -396,6 +412,135 @@ def make_plan(engine: str, members: dict, lost: Iterable = (), winner: str | Non
     plan["table"] = render_table(plan)
     plan["picture"] = render_picture(members, plan)
     return plan
+
+
+def _backup_member(host, backup_members, hosts, inventory_addresses):
+    """The member of the backup's membership this host is: by its recover_address (the member's
+    address), else by name (etcd names members, often by host), else by its ansible_host in the
+    member's address."""
+    for match in (lambda m: hosts.get(host) and m["address"] == hosts[host],
+                  lambda m: m.get("name") == host,
+                  lambda m: inventory_addresses.get(host) and _address_host(m["address"]) == inventory_addresses[host]):
+        found = [m for m in backup_members if match(m)]
+        if len(found) == 1:
+            return found[0]
+    return None
+
+
+def _address_host(address):
+    """The host part of a member address (http://10.0.0.1:2380 or 10.0.0.1:9000)."""
+    rest = str(address or "").split("://", 1)[-1]
+    return rest.rsplit(":", 1)[0].strip("[]")
+
+
+def _backup_plan(engine, members, backup, lost=(), winner=None, addresses=None, hosts=None, max_voters=3):
+    """A recovery whose source is a backup (the module_utils/backup_choice.py choice) instead of a
+    member's data: every member may have lost its data (etcd_info/dqlite_info say exists=false).
+    backup: {name, counter, cluster_id, position {term, index[, revision, keys]}, membership
+    [{id, name, address}], source_host, newer (names of newer verified whole backups), newest,
+    confirm_rollback (recover_confirm_rollback), inventory_addresses {host: ansible_host}}.
+    The winner is the member that receives it (recover_winner, else the backup's source host,
+    else the first by name). A rollback - a member whose usable data is ahead of the backup's
+    position, or a newer verified backup - is refused unless confirm_rollback names the backup."""
+    hooks = ENGINES[engine]
+    addresses, hosts = dict(addresses or {}), dict(hosts or {})
+    name = backup["name"]
+    bpos = backup.get("position") or {}
+    at = (int(bpos.get("term") or 0), int(bpos.get("index") or 0))
+    reasons, warnings, why = [], [], []
+    if not members:
+        raise PlanRefused(["no member to restore backup %s on: every member is declared lost or unreachable" % name])
+    backup_members = [dict(m, id=str(m["id"])) for m in backup.get("membership") or []]
+    if not backup_members:  # a backup made before its manifest recorded the membership
+        missing = sorted(h for h in members if not hosts.get(h))
+        if missing:
+            reasons.append("backup %s records no membership: set recover_address (the member's address) for %s"
+                           % (name, ", ".join(missing)))
+        backup_members = [{"id": None, "name": h, "address": hosts.get(h) or ""} for h in sorted(members)]
+    mapped, taken = {}, {}
+    for host in sorted(members):
+        found = _backup_member(host, backup_members, hosts, dict(backup.get("inventory_addresses") or {}))
+        if found is None:
+            reasons.append("%s matches no member of backup %s's membership (%s) by recover_address, name or "
+                           "ansible_host; set its recover_address to its member's address" % (
+                               host, name, ", ".join("%s %s" % (m.get("name") or m["id"], m["address"])
+                                                     for m in backup_members)))
+        elif id(found) in taken:
+            reasons.append("%s and %s both match member %s (%s) of backup %s; set recover_address for each"
+                           % (taken[id(found)], host, found.get("name") or found["id"], found["address"], name))
+        else:
+            mapped[host], taken[id(found)] = found, host
+    unmapped = [m for m in backup_members if id(m) not in taken]
+    for m in unmapped:
+        if not _is_lost(m, lost, hosts):
+            reasons.append("member %s at %s is in backup %s's membership but neither a reachable inventory member nor "
+                           "declared lost (recover_lost)" % (m.get("name") or m["id"], m["address"], name))
+    if winner and winner not in members:
+        reasons.append("recover_winner=%s is not a reachable surviving member (members: %s)"
+                       % (winner, ", ".join(sorted(members))))
+    chosen = (winner if winner in members else
+              backup.get("source_host") if backup.get("source_host") in members else sorted(members)[0])
+    why.append("%s receives backup %s (counter %s, %s%s) and is the source of every other member%s" % (
+        chosen, name, backup.get("counter"), fmt_pos(at),
+        ", revision %s, %s keys" % (bpos["revision"], bpos.get("keys")) if "revision" in bpos else "",
+        " (recover_winner)" if winner == chosen else " (the backup's source host)"
+        if chosen == backup.get("source_host") else ""))
+
+    verdicts = {h: members[h].get("verdict", UNUSABLE) for h in members}
+    pos = {h: position(members[h], verdicts[h] == REPAIRABLE) for h in members}
+    lose = []
+    for host in sorted(members):
+        summary = members[host]
+        if not summary.get("exists"):
+            why.append("%s has no data directory: it is rebuilt from the backup" % host)
+            continue
+        if summary.get("cluster_key") and backup.get("cluster_id") and summary["cluster_key"] != backup["cluster_id"]:
+            warnings.append("%s holds data of cluster %s, backup %s is of cluster %s: its data is moved aside"
+                            % (host, summary["cluster_key"], name, backup["cluster_id"]))
+        if pos[host] > at and verdicts[host] in (HEALTHY, REPAIRABLE):
+            lose.append("%s holds %s, %s the backup's %s: its entries %d-%d would be LOST" % (
+                host, fmt_pos(pos[host]), "ahead of" if pos[host][0] == at[0] else "in a newer term than",
+                fmt_pos(at), at[1] + 1, pos[host][1]) if pos[host][1] > at[1] else
+                "%s holds %s, in a newer term than the backup's %s: its log would be LOST" % (
+                    host, fmt_pos(pos[host]), fmt_pos(at)))
+        elif pos[host] > at:
+            warnings.append("%s is %s but claims %s, ahead of the backup: whatever it holds beyond the backup is not "
+                            "restored (its files are moved aside)" % (host, verdicts[host], fmt_pos(pos[host])))
+        else:
+            why.append("%s is at %s, not ahead of the backup: nothing of it is lost" % (host, fmt_pos(pos[host])))
+    if backup.get("newer"):
+        lose.append("backup %s is older than the newest verified backup%s %s: what those hold beyond it would be "
+                    "LOST" % (name, "s" if len(backup["newer"]) > 1 else "", ", ".join(backup["newer"])))
+    if lose:
+        text = "restoring backup %s is a ROLLBACK: %s" % (name, "; ".join(lose))
+        if backup.get("confirm_rollback") == name:
+            warnings.append(text + " (confirmed: recover_confirm_rollback=%s)" % name)
+        else:
+            reasons.append(text + ". To roll back anyway set recover_confirm_rollback=%s" % name)
+    elif backup.get("confirm_rollback") and backup["confirm_rollback"] != name:
+        warnings.append("recover_confirm_rollback=%s names another backup than the one restored (%s); it is not "
+                        "needed: nothing is rolled back" % (backup["confirm_rollback"], name))
+    partial = {"winner": chosen, "why": why, "warnings": warnings, "repairs": {}, "losses": {}}
+    if reasons:
+        raise PlanRefused(reasons, partial)
+
+    order = [chosen] + [h for h in sorted(members) if h != chosen]
+    roles = hooks.roles(order, {h: "voter" for h in order}, max_voters)
+    current = {h: mapped[h]["address"] for h in members}
+    membership = []
+    for host in order:
+        entry = {"host": host, "id": mapped[host]["id"], "address": addresses.get(host, current[host]),
+                 "role": roles[host]}
+        if mapped[host].get("name") or getattr(hooks, "NAMED", False):
+            entry["name"] = mapped[host].get("name") or host
+        membership.append(entry)
+    lost_members = [{"id": m["id"], "address": m["address"]} for m in unmapped]
+    source = {"host": chosen, "step": "backup", "backup": name, "counter": backup.get("counter"),
+              "expected_last_index": at[1], "term": at[0]}
+    source.update({k: bpos[k] for k in ("revision", "keys") if k in bpos})
+    losses = {h: "nothing: every member is rebuilt from backup %s" % name for h in members if h != chosen}
+    return _assemble(engine, members, chosen, membership, lost_members, source, current, verdicts, pos,
+                     why, warnings, losses, {})
 
 
 def _no_notes(_members, _chosen):

@@ -51,7 +51,11 @@ def source(winner: str, summary: dict, position: tuple, options: dict | None = N
 
 def actions(part: str, winner: str, source: dict, new_address: str | None, repairs: list | None) -> list:
     done = ["stop", "safety archive"]
-    if part == "winner" and source["step"] == "raw-db":
+    if part == "winner" and source["step"] == "backup":
+        done.append("receive backup %s's snapshot (%s, revision %s, %s keys) as the source, checked against its "
+                    "manifest, ONCE" % (source["backup"], "term %s index %s" % (source["term"], source["expected_last_index"]),
+                                        source.get("revision"), source.get("keys")))
+    elif part == "winner" and source["step"] == "raw-db":
         done.append("copy its db as it is, to index %d (the entries after it are LOST), ONCE" % source["db_index"])
     elif part == "winner":
         done.append("replay its whole log to index %d (%d entries beyond its commit) into a hashed snapshot, ONCE"

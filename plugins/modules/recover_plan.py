@@ -85,6 +85,17 @@ options:
         instead of replaying its whole log; the entries beyond the db are lost and the plan names them.
     type: dict
     default: {}
+  backup:
+    description:
+      - The backup to restore instead of a member's data (chosen by M(quorum.recovery.backup_find) and the
+        P(quorum.recovery.backup_choice#filter) filter) - C(name), C(counter), C(cluster_id), C(position) (C(term),
+        C(index), etcd C(revision) and C(keys)), C(membership) (C(id), C(name), C(address) of each member when it was
+        taken), C(source_host), C(newer) (newer verified whole backups), C(confirm_rollback)
+        (recover_confirm_rollback) and C(inventory_addresses) (host -> ansible_host).
+      - The source step becomes V(backup); members may have no data directory; hosts are matched to the backup's
+        members by recover_address, name or ansible_host. A member whose usable data is ahead of the backup, or a
+        newer verified backup, makes it a rollback, refused unless C(confirm_rollback) names the backup.
+    type: dict
 """
 
 EXAMPLES = r"""
@@ -141,7 +152,8 @@ plan:
       elements: dict
     source:
       description: "How the restore source is built ONCE on the winner: C(host), C(step) (dqlite V(reconfigure), etcd
-        V(replay)), C(expected_last_index); dqlite C(segment) (the one the reconfigure appends); etcd C(commit) and
+        V(replay) or V(raw-db); V(backup) from a backup, with its C(backup) name, C(counter) and C(term)),
+        C(expected_last_index); dqlite C(segment) (the one the reconfigure appends); etcd C(commit) and
         C(beyond_commit)."
       type: dict
     members:
@@ -188,6 +200,7 @@ def main():
             allow_repairs=dict(type="bool", default=True),
             accept_loss=dict(type="bool", default=False),
             source_options=dict(type="dict", default={}),
+            backup=dict(type="dict"),
         ),
         supports_check_mode=True,
     )
@@ -198,7 +211,7 @@ def main():
         plan = election.make_plan(p["engine"], p["members"], lost=p["lost"], winner=p["winner"],
                                   addresses=p["addresses"], hosts=p["hosts"], max_voters=p["max_voters"],
                                   allow_repairs=p["allow_repairs"], accept_loss=p["accept_loss"],
-                                  source_options=p["source_options"])
+                                  source_options=p["source_options"], backup=p["backup"])
     except election.PlanRefused as exc:
         module.fail_json(msg="refusing to recover: " + " | ".join(exc.reasons), reasons=exc.reasons,
                          partial=exc.partial)

@@ -1,0 +1,162 @@
+"""Recovery FROM a backup (playbooks/recover.yml with recover_from_backup) on the real lab: 3 etcd
+members and a backup host (h4, sshd only), real SSH, real ansible-playbook, backups taken by
+playbooks/backup.yml and kept only at h4 (off the members).
+
+Whole-cluster loss = every member's etcd killed (power off) and its data moved away: the data
+directory is a bind mount inside the host (it cannot be renamed there), so its content (member/)
+is moved out of it on the lab's side; the member then has an empty data directory, no log.
+
+CI tier: the whole-cluster loss recovered from the newest off-node backup and a re-run with nothing
+to do (tests/unit/test_backup_choice.py covers the rollback refusal of the plan in CI). Full tier:
+a rollback refused with nothing changed, a corrupted newest backup skipped for the previous one,
+and an encrypted backup (wrong and missing identity refused with nothing changed, the right one
+restores).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from conftest import REPO, fingerprint, run_ansible
+from lab import Lab
+from lab.base import ETCD_DIR
+# blab: test_backup's lab fixture (3 etcd members and the backup host h4), used here by name
+from test_backup import STATE, STORE, SUBDIR, backup, blab, manifests  # noqa: F401  # pylint: disable=unused-import
+
+
+def _store(lab: Lab):
+    return lab.host("h4").real_path(STORE + "/" + SUBDIR)
+
+
+def recover(lab: Lab, tmp_path, *extra, check=True):
+    args = ["-e", "recover_engine=etcd", "-e", "recover_confirm=yes",
+            "-e", "recover_controller_dir=%s" % (tmp_path / "controller")]
+    for item in extra:
+        args += ["-e", item if isinstance(item, str) else json.dumps(item)]
+    return run_ansible("ansible-playbook", REPO / "playbooks" / "recover.yml", *args,
+                       inventory=lab.etcd_inventory_path, check=check)
+
+
+def take_backup(lab: Lab, *extra) -> dict:
+    before = set(manifests(_store(lab)))
+    backup(lab, *extra)
+    new = sorted(set(manifests(_store(lab))) - before)
+    assert len(new) == 1, new
+    return manifests(_store(lab))[new[0]]
+
+
+def lose_every_member(lab: Lab) -> None:
+    """Power off every member and move its data away (kept on the lab's side, never deleted)."""
+    lab.power_off("etcd")
+    for host in lab.hosts():
+        data = host.real_path(ETCD_DIR)
+        os.rename(data / "member", "%s-lost-%d" % (data, time.time_ns()))
+        assert os.listdir(data) == [] or all(n.startswith("member.replaced-") for n in os.listdir(data))
+
+
+def keys_on(lab: Lab, host) -> int:
+    said = json.loads(lab.etcdctl(host, "get", "", "--prefix", "--keys-only", "--limit", "1", "-w", "json",
+                                  "--consistency", "s").stdout)
+    return int(said.get("count", 0))
+
+
+def assert_restored(lab: Lab, manifest: dict, out: str) -> None:
+    assert "backup %s" % manifest["name"] in out
+    assert "recovery r" in out and ": COMPLETE" in out, out[-3000:]
+    for host in lab.hosts():
+        assert keys_on(lab, host) == manifest["position"]["keys"], host.name
+        assert lab.check_keys(host, "etcd", 1000, "key").get("ok"), host.name  # every key the lab wrote, by value
+        assert sorted(m["name"] for m in lab.etcd_members(host)) == ["h1", "h2", "h3"]
+
+
+def fingerprints(lab: Lab) -> dict:
+    found = {"h4": fingerprint(lab.host("h4").real_path(STORE))}
+    for host in lab.hosts():
+        for path in (ETCD_DIR, STATE):
+            real = host.real_path(path)
+            found["%s:%s" % (host.name, path)] = fingerprint(real) if real.exists() else {}
+    return found
+
+
+@pytest.mark.full
+def test_rollback_without_confirmation_is_refused_and_changes_nothing(blab, tmp_path):
+    newest = take_backup(blab)
+    for i in range(5):  # the cluster moves on past the backup
+        blab.etcdctl(blab.host("h1"), "put", "after-backup-%d" % i, "v")
+    # etcd stopped first: a running etcd changes its own files (WAL preallocation, db) whatever the run does
+    for host in blab.hosts():
+        blab.service(host, "etcd", "stop")
+    before = fingerprints(blab)
+    try:
+        proc = recover(blab, tmp_path, "recover_from_backup=newest", check=False)
+        assert proc.returncode != 0
+        assert "restoring backup %s is a ROLLBACK" % newest["name"] in proc.stdout, proc.stdout[-3000:]
+        assert "would be LOST" in proc.stdout
+        assert "recover_confirm_rollback=%s" % newest["name"] in proc.stdout
+        assert fingerprints(blab) == before
+    finally:
+        blab.start_etcd(blab.hosts())
+    for host in blab.hosts():
+        assert keys_on(blab, host) == newest["position"]["keys"] + 5
+
+
+def test_whole_cluster_loss_recovered_from_the_newest_off_node_backup(blab, tmp_path):
+    # the newest backup at h4 (the one the test before took; the cluster has moved on since), else a new one
+    manifest = max(manifests(_store(blab)).values(), key=lambda m: m["counter"], default=None) or take_backup(blab)
+    assert [m["name"] for m in manifest["membership"]] == ["h1", "h2", "h3"]
+    lose_every_member(blab)
+    out = recover(blab, tmp_path, "recover_from_backup=newest").stdout
+    assert "restoring backup %s (counter %d" % (manifest["name"], manifest["counter"]) in out
+    assert "from h4:%s" % (STORE + "/" + SUBDIR) in out
+    assert_restored(blab, manifest, out)
+    # the journal names the backup as the source; a re-run has nothing to do (never restores it again)
+    journal = json.loads(blab.host("h1").real_path(STATE + "/journal-etcd.json").read_text())
+    assert journal["plan"]["source"]["step"] == "backup" and journal["plan"]["source"]["backup"] == manifest["name"]
+    assert journal["status"] == "complete"
+    again = recover(blab, tmp_path, "recover_from_backup=newest").stdout
+    assert "nothing to do" in again and "restoring backup" not in again
+
+
+@pytest.mark.full
+def test_corrupted_newest_backup_is_skipped_for_the_previous_one(blab, tmp_path):
+    previous = take_backup(blab)
+    newest = take_backup(blab)
+    payload = STORE + "/" + SUBDIR + "/" + newest["payload"]["file"]
+    blab.corrupt(blab.host("h4"), payload, offset=newest["payload"]["size"] // 2, flip=1)
+    lose_every_member(blab)
+    out = recover(blab, tmp_path, "recover_from_backup=newest").stdout
+    assert "WARNING: backup %s is DAMAGED" % newest["name"] in out, out[-3000:]
+    assert "previous verified backup %s is restored instead" % previous["name"] in out
+    assert "restoring backup %s" % previous["name"] in out
+    assert_restored(blab, previous, out)
+
+
+@pytest.mark.full
+def test_encrypted_backup_wrong_identity_refused_right_one_restores(blab, tmp_path):
+    identity = tmp_path / "identity.txt"
+    subprocess.run(["age-keygen", "-o", str(identity)], capture_output=True, check=True)
+    recipient = subprocess.run(["age-keygen", "-y", str(identity)], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    wrong = tmp_path / "wrong.txt"
+    subprocess.run(["age-keygen", "-o", str(wrong)], capture_output=True, check=True)
+    manifest = take_backup(blab, {"backup_recipients": [recipient]})
+    assert manifest["payload"]["encrypted"]
+    lose_every_member(blab)
+    before = fingerprints(blab)
+    for extra, said in ((wrong, "recover_backup_identity does not decrypt backup %s" % manifest["name"]),
+                        (None, "backup %s is encrypted with age" % manifest["name"])):
+        given = [{"recover_backup_identity": extra.read_text()}] if extra else []
+        proc = recover(blab, tmp_path, "recover_from_backup=newest", *given, check=False)
+        assert proc.returncode != 0 and said in proc.stdout, proc.stdout[-3000:]
+        assert "nothing was" in proc.stdout
+        if extra:
+            assert "AGE-SECRET-KEY" not in proc.stdout + proc.stderr
+        assert fingerprints(blab) == before
+        assert not (tmp_path / "controller" / "backups" / SUBDIR / manifest["name"] / "files").exists()
+    proc = recover(blab, tmp_path, "recover_from_backup=newest", {"recover_backup_identity": identity.read_text()})
+    assert "AGE-SECRET-KEY" not in proc.stdout + proc.stderr
+    assert_restored(blab, manifest, proc.stdout)
