@@ -35,6 +35,8 @@ ETCD_DIR = "/var/lib/etcd"
 DQLITE_DIR = "/var/snap/microk8s/current/var/kubernetes/backend"
 ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380
 DQLITE_DB_PORT, DQLITE_API_PORT = 9001, 8001
+LXD_DIR = "/var/lib/lxd"  # Debian's lxd: its LXD_DIR (database/, server.crt, storage-pools/)
+LXD_PORT = 8443
 PKI_DIR = "/etc/qrlab/pki"  # in the private /etc/qrlab: each host sees only its own keys
 
 # Paths every host sees as its own. Anything not listed here is shared by all hosts. An engine
@@ -42,6 +44,7 @@ PKI_DIR = "/etc/qrlab/pki"  # in the private /etc/qrlab: each host sees only its
 PRIVATE_PATHS = {
     "etcd": ETCD_DIR,
     "dqlite": DQLITE_DIR,
+    "lxd": LXD_DIR,
     "run": "/run",
     "etc": "/etc/qrlab",
     "log": "/var/log/qrlab",
