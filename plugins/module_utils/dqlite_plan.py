@@ -91,6 +91,16 @@ def node_yaml(nodes: list) -> str:
     return "".join(block(n, "- ") for n in nodes)
 
 
+def lxd_members_yaml(nodes: list, names: dict) -> str:
+    """The YAML `lxd cluster edit` reads on stdin: members with id, name, address and role
+    (voter, stand-by, spare). `names` maps each ID to LXD's name for it (from local.db)."""
+    lines = ["members:"]
+    for node in nodes:
+        lines += ["- id: %d" % int(node["id"]), "  name: %s" % names[int(node["id"])],
+                  "  address: %s" % node["address"], "  role: %s" % node["role"]]
+    return "\n".join(lines) + "\n"
+
+
 def info_yaml(node: dict) -> str:
     return "Address: %s\nID: %d\nRole: %d\n" % (node["address"], int(node["id"]), APP_ROLE_NUMBERS[node["role"]])
 

@@ -67,6 +67,20 @@ options:
     description: This member's ID in O(membership); its entry is written to C(info.yaml).
     type: int
     required: true
+  identity:
+    description:
+      - Where the product keeps the member's identity, as in M(quorum.recovery.dqlite_info).
+      - V(app) writes the membership as go-dqlite YAML and afterwards the app's C(cluster.yaml) and C(info.yaml).
+      - V(lxd-local-db) writes it as the YAML C(lxd cluster edit) reads (members with id, name,
+        address, role; the names from LXD's C(local.db) beside O(path)) and writes no app files:
+        LXD's own command updates C(local.db) itself.
+    type: str
+    choices: [app, lxd-local-db]
+    default: app
+  stdin:
+    description: Feed the membership YAML to the command on its standard input (C(lxd cluster edit)) as well.
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -127,6 +141,8 @@ def raft_files(facts):
 
 def _write_app_files(module, path, membership, member_id):
     """cluster.yaml and info.yaml as the new membership says; returns the names rewritten."""
+    if module.params["identity"] != "app":
+        return []  # the product's own command keeps its node-local files (LXD: local.db)
     own = [s for s in membership if int(s["id"]) == member_id]
     if not own:
         module.fail_json(msg="member_id=%d is not in the membership %s" % (member_id, membership))
@@ -171,6 +187,8 @@ def main():
             command=dict(type="list", elements="str", required=True),
             yaml_path=dict(type="path", required=True),
             member_id=dict(type="int", required=True),
+            identity=dict(type="str", choices=["app", "lxd-local-db"], default="app"),
+            stdin=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -183,7 +201,8 @@ def main():
         module.fail_json(msg="membership has no voter")
     if not os.path.isdir(path):
         module.fail_json(msg="path %s is not a directory" % path)
-    facts = dqlite_datadir.inspect_datadir(path, "quick")
+    identity = module.params["identity"]
+    facts = dqlite_datadir.inspect_datadir(path, "quick", identity=identity)
     segment = "%016d-%016d" % (expected + 1, expected + 1)
     if facts["running"]["running"]:
         module.fail_json(msg="dqlite is running on %s (%s); stop it first" % (path, facts["running"]["evidence"]))
@@ -203,10 +222,22 @@ def main():
         module.exit_json(changed=True, already_done=False, segment=segment, raft_files=[], written=[])
     yaml_path = module.params["yaml_path"]
     os.makedirs(os.path.dirname(yaml_path), mode=0o700, exist_ok=True)
-    arch.write_atomic(yaml_path, dqlite_plan.node_yaml(membership).encode())
+    if identity == "lxd-local-db":
+        try:
+            names = {n["id"]: n["name"] for n in dqlite_datadir.read_lxd_local_db(path)[1]}
+            text = dqlite_plan.lxd_members_yaml(membership, names)
+        except KeyError as exc:
+            module.fail_json(msg="member %s of the membership has no name in %s; not running the reconfigure"
+                             % (exc, dqlite_datadir.lxd_local_db_path(path)))
+        except Exception as exc:  # sqlite3.Error, OSError
+            module.fail_json(msg="cannot read LXD's %s: %s" % (dqlite_datadir.lxd_local_db_path(path), exc))
+    else:
+        text = dqlite_plan.node_yaml(membership)
+    arch.write_atomic(yaml_path, text.encode())
     argv = [a.replace("{dir}", path).replace("{yaml}", yaml_path) for a in module.params["command"]]
-    rc, out, err = module.run_command(argv)
-    after = dqlite_datadir.inspect_datadir(path, "quick")
+    rc, out, err = module.run_command(argv, data=text if module.params["stdin"] else None,
+                                      binary_data=True)
+    after = dqlite_datadir.inspect_datadir(path, "quick", identity=identity)
     if rc != 0 or not _done(after, membership, expected + 1):
         module.fail_json(msg="the reconfigure command %s did not append %s with the new membership (rc %d): %s"
                          % (argv, segment, rc, (err or out).strip()), stdout=out, stderr=err, member=after)

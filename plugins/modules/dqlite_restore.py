@@ -80,6 +80,15 @@ options:
     description: Where the replaced files go. Must be on the same filesystem as O(path) to be a rename.
     type: path
     required: true
+  identity:
+    description:
+      - Where the product keeps the member's identity, as in M(quorum.recovery.dqlite_info).
+        V(app) writes the go-dqlite app's C(cluster.yaml) (and C(info.yaml) for a member that moved).
+      - V(lxd-local-db) writes neither - LXD keeps its identity and member list in C(local.db)
+        beside O(path), which is outside the directory and so never moved or replaced.
+    type: str
+    choices: [app, lxd-local-db]
+    default: app
 """
 
 EXAMPLES = r"""
@@ -192,7 +201,7 @@ def _info_to_write(path, content):
 
 def _check(path, p):
     """The directory as the plan wants it after the restore, or the reason it is not."""
-    facts = dqlite_datadir.inspect_datadir(path, "quick")
+    facts = dqlite_datadir.inspect_datadir(path, "quick", identity=p["identity"])
     log = facts.get("log") or {}
     servers = ((facts.get("membership") or {}).get("authoritative") or {}).get("servers") or []
     want = sorted(int(s["id"]) for s in p["membership"])
@@ -214,8 +223,10 @@ def _restore(module, path, node_local, progress):
     except arch.ArchiveError as exc:
         raise _Refused("the winner's archive failed its check on arrival: %s; nothing was changed" % exc)
     wanted = {e["name"]: e["sha256"] for e in manifest["files"] if e["name"] not in node_local}
-    wanted["cluster.yaml"] = arch.hashlib.sha256(p["cluster_yaml"].encode()).hexdigest()
-    info = _info_to_write(path, p["info_yaml"])
+    app = p["identity"] == "app"
+    if app:
+        wanted["cluster.yaml"] = arch.hashlib.sha256(p["cluster_yaml"].encode()).hexdigest()
+    info = app and _info_to_write(path, p["info_yaml"])
     current = _current(path, node_local, progress, "compare")
     if current == wanted:
         if info and not module.check_mode:
@@ -244,7 +255,8 @@ def _restore(module, path, node_local, progress):
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.rename(os.path.join(incoming, name), target)
             restored.append(name)
-        arch.write_atomic(os.path.join(path, "cluster.yaml"), p["cluster_yaml"].encode(), 0o600)
+        if app:
+            arch.write_atomic(os.path.join(path, "cluster.yaml"), p["cluster_yaml"].encode(), 0o600)
         if info:  # node-local, kept above; its address changes with the member's
             arch.write_atomic(os.path.join(path, "info.yaml"), p["info_yaml"].encode(), 0o600)
     finally:
@@ -268,6 +280,7 @@ def main():
             member_id=dict(type="int", required=True),
             expected_last_index=dict(type="int", required=True),
             aside_dir=dict(type="path", required=True),
+            identity=dict(type="str", choices=["app", "lxd-local-db"], default="app"),
             **prog.PROGRESS_OPTIONS
         ),
         supports_check_mode=True,
