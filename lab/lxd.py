@@ -164,6 +164,7 @@ class LxdProduct(Hosts):
             "recover_engine": "dqlite",
             "recover_flavor": "lxd",
             "recover_data_dir": LXD_DIR + "/database/global",
+            "recover_address": "{{ lxd_address }}",
             "recover_service_control": "commands",
             "recover_service_commands": {
                 action: "%s lxd %s" % (" ".join(self.service_cmd), action) for action in ("start", "stop", "status")},

@@ -246,6 +246,8 @@ def inspect_datadir(path: str, depth: str = "full", auto_recovery: bool = True, 
     result["identity_source"] = identity
     if identity == "lxd-local-db":
         result["identity"], result["cluster_yaml"] = lxd_local_db(path, problems)
+        # LXD's names of the members (recover_lost may name them so)
+        result["names"] = {n["id"]: n["name"] for n in result["cluster_yaml"] or [] if n.get("name")}
     else:
         result["identity"], result["cluster_yaml"] = _read_yaml_files(path, names, problems)
     result["metadata"] = _inspect_metadata(path, kinds, problems)
@@ -299,7 +301,9 @@ def _summary(result):
         "dqlite", result, member_id=identity.get("id"), address=identity.get("address"),
         address_source=(LXD_LOCAL_DB if result.get("identity_source") == "lxd-local-db" else "info.yaml")
         if identity else None, hint=result.get("product_hint"),
-        voters=[{"id": s["id"], "address": s["address"], "role": s["role"]} for s in servers],
+        voters=[dict({"id": s["id"], "address": s["address"], "role": s["role"]},
+                     **({"name": result["names"][s["id"]]} if s["id"] in (result.get("names") or {}) else {}))
+                for s in servers],
         current_term=current.get("term"), terms=_term_starts(result["segments"]),
         after_repair=_after_repair(result))
 
@@ -393,10 +397,9 @@ def lxd_local_db(path, problems):
         problems.append(_problem(ERROR, LXD_LOCAL_DB, "local.db's raft_nodes has no entry for this member's address %s"
                                  % address, "start as a non-database member", "this member's identity",
                                  "restore local.db from the safety archive"))
-        return None, [{k: n[k] for k in ("id", "address", "role")} for n in nodes]
+        return None, nodes
     me = own[0]
-    return ({"id": me["id"], "address": me["address"], "role": me["role"], "name": me["name"]},
-            [{k: n[k] for k in ("id", "address", "role")} for n in nodes])
+    return {"id": me["id"], "address": me["address"], "role": me["role"], "name": me["name"]}, nodes
 
 
 def _lxd_hint(segments):

@@ -93,9 +93,11 @@ def node_yaml(nodes: list) -> str:
 
 def lxd_members_yaml(nodes: list, names: dict) -> str:
     """The YAML `lxd cluster edit` reads on stdin: members with id, name, address and role
-    (voter, stand-by, spare). `names` maps each ID to LXD's name for it (from local.db)."""
+    (voter, stand-by, spare). `names` maps each ID to LXD's name for it (from local.db). In the
+    order of the IDs, as LXD lists them: it compares the list entry by entry and refuses a
+    "changed member ID" otherwise."""
     lines = ["members:"]
-    for node in nodes:
+    for node in sorted(nodes, key=lambda n: int(n["id"])):
         lines += ["- id: %d" % int(node["id"]), "  name: %s" % names[int(node["id"])],
                   "  address: %s" % node["address"], "  role: %s" % node["role"]]
     return "\n".join(lines) + "\n"
