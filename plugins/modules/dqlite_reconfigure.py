@@ -128,6 +128,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_datadir
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_plan
+from ansible_collections.quorum.recovery.plugins.module_utils import lxd_localdb
 from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
 
 
@@ -163,6 +164,21 @@ def _write_app_files(module, path, membership, member_id):
             arch.write_atomic(os.path.join(path, name), content.encode(), 0o600)
     written = [name for name, _content in written]
     return written
+
+
+def _lxd_own_address(module, path, membership, member_id):
+    """LXD's edit rewrites raft_nodes but not the member's own address keys: when the plan moves
+    this member, local.db must name its new address, or LXD listens on the old one."""
+    if module.params["identity"] != "lxd-local-db":
+        return []
+    try:
+        changes = lxd_localdb.changes_needed(path, membership, member_id)
+        if changes and not module.check_mode:
+            lxd_localdb.apply(path, changes, os.path.dirname(module.params["yaml_path"]))
+    except Exception as exc:  # sqlite3.Error, OSError, KeyError
+        module.fail_json(msg="cannot bring LXD's %s in line with the membership: %s"
+                         % (dqlite_datadir.lxd_local_db_path(path), exc))
+    return ["local.db"] if changes else []
 
 
 def _done(facts, membership, index):
@@ -208,6 +224,7 @@ def main():
         module.fail_json(msg="dqlite is running on %s (%s); stop it first" % (path, facts["running"]["evidence"]))
     if _done(facts, membership, expected + 1):
         written = _write_app_files(module, path, membership, module.params["member_id"])
+        written += _lxd_own_address(module, path, membership, module.params["member_id"])
         module.exit_json(changed=bool(written), already_done=True, segment=segment, raft_files=raft_files(facts),
                          written=written)
     last = (facts.get("log") or {}).get("last_index")
@@ -242,6 +259,7 @@ def main():
         module.fail_json(msg="the reconfigure command %s did not append %s with the new membership (rc %d): %s"
                          % (argv, segment, rc, (err or out).strip()), stdout=out, stderr=err, member=after)
     written = _write_app_files(module, path, membership, module.params["member_id"])
+    written += _lxd_own_address(module, path, membership, module.params["member_id"])
     module.exit_json(changed=True, already_done=False, segment=segment, stdout=out, raft_files=raft_files(after),
                      written=written)
 

@@ -85,7 +85,10 @@ options:
       - Where the product keeps the member's identity, as in M(quorum.recovery.dqlite_info).
         V(app) writes the go-dqlite app's C(cluster.yaml) (and C(info.yaml) for a member that moved).
       - V(lxd-local-db) writes neither - LXD keeps its identity and member list in C(local.db)
-        beside O(path), which is outside the directory and so never moved or replaced.
+        beside O(path), outside the directory, so never moved or replaced. Instead its table
+        C(raft_nodes) is set to O(membership) (what LXD 6.2+ ships as C(raft_nodes.yaml)) and, for
+        a member whose address changed, the address keys that named the old one; the file as it
+        was is kept as C(local.db.before) in O(aside_dir).
     type: str
     choices: [app, lxd-local-db]
     default: app
@@ -127,6 +130,15 @@ progress:
   type: list
   elements: dict
   sample: [{"phase": "verify", "bytes": 301989888, "seconds": 3.1}, {"phase": "extract", "bytes": 301989888, "seconds": 9.8}]
+local_db:
+  description: With O(identity=lxd-local-db), what was set in LXD's C(local.db) (C(raft_nodes), C(config)).
+  returned: when it changed
+  type: list
+  elements: str
+local_db_kept:
+  description: Where LXD's C(local.db) as it was before is kept.
+  returned: when it changed
+  type: str
 """
 
 import os
@@ -138,6 +150,7 @@ from ansible_collections.quorum.recovery.plugins.module_utils import datadir_arc
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_datadir
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_format
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_plan
+from ansible_collections.quorum.recovery.plugins.module_utils import lxd_localdb
 from ansible_collections.quorum.recovery.plugins.module_utils import progress as prog
 
 
@@ -306,6 +319,17 @@ def main():
         progress.close()
         module.fail_json(msg=str(exc), progress=progress.summary(), **exc.facts)
     progress.close()
+    if p["identity"] == "lxd-local-db":
+        try:
+            local = lxd_localdb.changes_needed(path, p["membership"], p["member_id"])
+            if local:
+                result["changed"] = True
+                result["local_db"] = sorted(local)
+                if not module.check_mode:
+                    result["local_db_kept"] = lxd_localdb.apply(path, local, result.get("aside") or p["aside_dir"])
+        except Exception as exc:  # sqlite3.Error, OSError, KeyError
+            module.fail_json(msg="cannot bring LXD's %s in line with the membership: %s"
+                             % (dqlite_datadir.lxd_local_db_path(path), exc), **result)
     if not module.check_mode:
         facts, found = _check(path, p)
         if found:

@@ -211,3 +211,36 @@ def test_lagging_member_and_lxd_hint_disagreeing_with_the_election(lxd_lab):
     assert winner in ("h2", "h3"), out[-3000:]
     _recover(lab)
     _assert_recovered(lab, hosts, loaded, floor, "lag")
+
+
+@pytest.mark.full
+def test_member_whose_address_changed(lxd_lab):
+    """h2's machine gets a new address while the cluster is down. Told so (recover_addresses),
+    the winner's `lxd cluster edit` gives the raft configuration h2's new address, and h2's
+    local.db is brought in line (its raft_nodes and its own https address keys; the old file kept)."""
+    lab = lxd_lab
+    hosts, loaded = _up(lab)
+    lab.power_off("lxd")
+    for host in hosts:
+        lab.service(host, "dqlite", "stop")
+        lab.service(host, "etcd", "stop")
+    new_ip = str(lab.subnet.network_address + 42)
+    h2 = lab.readdress(hosts[1], new_ip)
+    h1, h3 = hosts[0], hosts[2]
+    floor = max(_last_index(h) for h in (h1, h2, h3))
+    before = {h.name: fingerprint(h.real_path("/var/lib/lxd/database"), ctime=True) for h in (h1, h2, h3)}
+    refused = _recover(lab, check=False)
+    assert refused.returncode != 0 and "is not an address of the host any more" in refused.stdout, \
+        refused.stdout[-3000:]
+    assert {h.name: fingerprint(h.real_path("/var/lib/lxd/database"), ctime=True) for h in (h1, h2, h3)} == before
+    addresses = '{"recover_addresses": {"h2": "%s:8443"}}' % new_ip
+    proc = _recover(lab, addresses)
+    assert "10.254.94.12:8443 -> %s:8443" % new_ip in proc.stdout or "-> %s:8443" % new_ip in proc.stdout
+    _assert_recovered(lab, [h1, h2, h3], loaded, floor, "moved")
+    for host in (h1, h2, h3):
+        urls = sorted(m["url"] for m in lab.lxd_members(host))
+        assert "https://%s:8443" % new_ip in urls, (host.name, urls)
+    kept = list(h2.real_path("/var/lib/lxd/database").glob("global.replaced-*/local.db.before"))
+    assert kept, "h2's local.db as it was is not kept"
+    again = _recover(lab, addresses)
+    assert "nothing to do" in again.stdout and not re.search(r"changed=[1-9]", again.stdout), again.stdout[-2000:]
