@@ -76,8 +76,7 @@ class Lab(EtcdEngine, DqliteEngine, LxdProduct, Faults):
             if keys:
                 self.load_keys(hosts[0], keys)
             if lxd:
-                self.start_lxd(hosts)
-                self._write_lxd_inventory(hosts)
+                self.add_lxd(hosts)
             self._record(up=True)
         except BaseException:
             self.down(keep_state=True)

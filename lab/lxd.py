@@ -103,6 +103,11 @@ class LxdProduct(Hosts):
         self._wait(lambda: self.lxd_settled(hosts), 90, "every LXD member online")
         self._record(lxd=True)
 
+    def add_lxd(self, hosts: list[Host]) -> None:
+        """An LXD cluster on a lab that is up (the lab's `up --lxd` does this last)."""
+        self.start_lxd(hosts)
+        self._write_lxd_inventory(hosts)
+
     def _start_lxd_daemon(self, host: Host) -> None:
         if self.service(host, "lxd", "start", check=False).returncode:
             raise LabError("lxd did not start on %s%s" % (host.name, self._log_tail(host, "lxd-daemon")))

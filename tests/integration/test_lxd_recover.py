@@ -91,7 +91,7 @@ def _last_index(host):
 
 
 def _journal(host):
-    return json.loads(host.real_path(BACKUPS + "/journal.json").read_text())
+    return json.loads(host.real_path(BACKUPS + "/journal-lxd.json").read_text())
 
 
 def _assert_recovered(lab, survivors, loaded, floor, tag):
