@@ -72,7 +72,7 @@ options:
       - Where the product keeps the member's identity, as in M(quorum.recovery.dqlite_info).
       - V(app) writes the membership as go-dqlite YAML and afterwards the app's C(cluster.yaml) and C(info.yaml).
       - V(lxd-local-db) writes it as the YAML C(lxd cluster edit) reads (members with id, name,
-        address, role; the names from LXD's C(local.db) beside O(path)) and writes no app files:
+        address, role; the names from LXD's C(local.db) beside O(path)) and writes no app files -
         LXD's own command updates C(local.db) itself.
     type: str
     choices: [app, lxd-local-db]
