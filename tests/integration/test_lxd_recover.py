@@ -16,18 +16,16 @@ namespace (test_routes_are_checked_before_lxd_starts): LXD looks up public image
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import pytest
 
 from conftest import Lab, fingerprint, run_ansible
 from lab.base import LabError, run
-from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_format
+from test_recover_resume import _term1_changes  # every term-1 CHANGE entry above an index, in any segment
 
 PLAYBOOK = "playbooks/recover.yml"
 BACKUPS = "/var/backups/quorum-recovery"
-CHANGE = 3
 
 
 @pytest.fixture
@@ -63,26 +61,6 @@ def _plan_winner(output):
 
 def _global(host):
     return host.real_path("/var/lib/lxd/database/global")
-
-
-def _term1_changes(path, above):
-    """(index, file) of every term-1 CHANGE entry above `above` in the member's closed segments;
-    open segments must hold none (a reconfigure writes a closed one)."""
-    found = []
-    for name in sorted(n for n in os.listdir(path) if n[:1].isdigit() and "-" in n):
-        seg = dqlite_format.parse_segment((path / name).read_bytes(), full=True, closed=True)
-        index = int(name.split("-")[0])
-        for batch in seg["batches"]:
-            for term, etype, _size in batch["entries"]:
-                if term == 1 and etype == CHANGE and index > above:
-                    found.append((index, name))
-                index += 1
-    for name in sorted(n for n in os.listdir(path) if n.startswith("open-")):
-        seg = dqlite_format.parse_segment((path / name).read_bytes(), full=True, closed=False)
-        for batch in seg["batches"]:
-            for term, etype, _size in batch["entries"]:
-                assert not (term == 1 and etype == CHANGE), (path, name, "a term-1 change in an open segment")
-    return found
 
 
 def _last_index(host):
