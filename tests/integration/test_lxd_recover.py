@@ -89,6 +89,7 @@ def _assert_recovered(lab, survivors, loaded, floor, tag):
         assert lab.lxd_data(host)["config"].get("user.qr.%s" % tag) == "written-after-recovery", host.name
     journal = _journal(survivors[0])
     plan = journal["plan"]
+    assert plan["source"]["host"] == plan["winner"], plan["source"]
     n = plan["source"]["expected_last_index"] + 1
     segment = "%016d-%016d" % (n, n)
     assert n == floor + 1, ("the winner was not the most advanced member", n, floor)
@@ -137,6 +138,9 @@ def test_power_cut_of_all_three(lxd_lab):
     winner = _plan_winner(proc.stdout)
     plan = _assert_recovered(lab, hosts, loaded, floor, "powercut")
     assert plan["winner"] == winner
+    # LXD's own command ran on ONE member: the task changed the winner alone
+    block = proc.stdout.split("Reconfigure ONCE, on the winner only, with the real tool]", 1)[1].split("\nTASK [", 1)[0]
+    assert re.findall(r"^changed: \[(\w+)\]", block, flags=re.M) == [winner], block
     journal = _journal(hosts[0])
     assert "source-built" in journal["steps"]
     again = _recover(lab)
