@@ -14,7 +14,7 @@ from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_form
 SERVERS = [(1, "10.0.0.1:8443", 0), (2, "10.0.0.2:8443", 0), (3, "10.0.0.3:8443", 0)]
 
 
-def _local_db(path, own="10.0.0.1:8443", nodes=SERVERS):
+def _local_db(path, own="10.0.0.1:8443", nodes=tuple(SERVERS)):
     """LXD 5.0.2's local.db as `lxd init` leaves it (the two tables read here)."""
     conn = sqlite3.connect(path)
     with conn:
