@@ -47,10 +47,14 @@ def segment_name(first: int, last: int) -> str:
 
 
 def source(winner: str, summary: dict, position: tuple, options: dict | None = None) -> dict:
-    """The reconfigure: ONCE on the winner, appending one entry after its last index (no options)."""
+    """The reconfigure: ONCE on the winner, appending one entry after its last index. options may
+    name the product's own command that does it (`tool`, words for the plan; LXD's)."""
     last_index = position[1]
-    return {"host": winner, "step": "reconfigure", "expected_last_index": last_index,
-            "segment": segment_name(last_index + 1, last_index + 1)}
+    out = {"host": winner, "step": "reconfigure", "expected_last_index": last_index,
+           "segment": segment_name(last_index + 1, last_index + 1)}
+    if (options or {}).get("tool"):
+        out["tool"] = options["tool"]
+    return out
 
 
 def actions(part: str, winner: str, source: dict, new_address: str | None, repairs: list | None) -> list:
@@ -59,7 +63,8 @@ def actions(part: str, winner: str, source: dict, new_address: str | None, repai
     if repairs:
         done.append("repair (%s), originals kept in the quarantine folder" % describe_repairs(repairs))
     if part == "winner":
-        done.append("write the new membership and run .reconfigure ONCE (appends %s)" % source["segment"])
+        done.append("write the new membership and run %s ONCE (appends %s)"
+                    % (source.get("tool") or ".reconfigure", source["segment"]))
     if new_address:
         done.append("write info.yaml with its new address %s" % new_address)
     if part == "winner":

@@ -216,7 +216,10 @@ def test_member_whose_address_changed(lxd_lab):
         refused.stdout[-3000:]
     assert {h.name: fingerprint(h.real_path("/var/lib/lxd/database"), ctime=True) for h in (h1, h2, h3)} == before
     addresses = '{"recover_addresses": {"h2": "%s:8443"}}' % new_ip
-    proc = _recover(lab, addresses)
+    try:
+        proc = _recover(lab, addresses)
+    except AssertionError as exc:  # what the moved member's LXD said, beside the playbook's output
+        raise AssertionError("%s%s" % (exc, lab._log_tail(h2, "lxd-daemon"))) from None
     assert "10.254.94.12:8443 -> %s:8443" % new_ip in proc.stdout or "-> %s:8443" % new_ip in proc.stdout
     _assert_recovered(lab, [h1, h2, h3], loaded, floor, "moved")
     for host in (h1, h2, h3):
