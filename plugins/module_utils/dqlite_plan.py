@@ -52,8 +52,9 @@ def source(winner: str, summary: dict, position: tuple, options: dict | None = N
     last_index = position[1]
     out = {"host": winner, "step": "reconfigure", "expected_last_index": last_index,
            "segment": segment_name(last_index + 1, last_index + 1)}
-    if (options or {}).get("tool"):
-        out["tool"] = options["tool"]
+    tool = (options or {}).get("tool")
+    if tool:
+        out["tool"] = tool
     return out
 
 
