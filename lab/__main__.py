@@ -28,6 +28,8 @@ def main(argv=None) -> int:
                     help="dqlite member: demo (dqlite-demo, the go-dqlite-app flavor), microk8s (a k8s-dqlite-shaped "
                     "member with TLS at MicroK8s's paths, for the microk8s flavor) or k8s-snap (the same at k8s-snap's); "
                     "env QRLAB_DQLITE_SHAPE, default demo")
+    up.add_argument("--lxd", action="store_true",
+                    help="also an LXD cluster (Debian's lxd 5.0.2), one daemon per host (lab/lxd.py)")
     down = sub.add_parser("down", help="stop every lab process and remove namespaces, links, mounts")
     down.add_argument("--keep-state", action="store_true", help="keep the hosts' data directories")
     sub.add_parser("status", help="print the member table")
@@ -36,9 +38,9 @@ def main(argv=None) -> int:
     for name, helptext in (("kill", "SIGKILL one engine on a host (power loss)"),):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("host")
-        p.add_argument("service", choices=["etcd", "dqlite"])
+        p.add_argument("service", choices=["etcd", "dqlite", "lxd"])
     p = sub.add_parser("power-off", help="SIGKILL an engine on every host")
-    p.add_argument("service", choices=["etcd", "dqlite"])
+    p.add_argument("service", choices=["etcd", "dqlite", "lxd"])
     p = sub.add_parser("power-off-mid-writes", help="SIGKILL every etcd member at once while a writer on each "
                        "host writes; print the acknowledged keys' count and the kills' spread")
     p.add_argument("--seconds", type=float, default=2.0, help="how long the writers write first")
@@ -72,11 +74,13 @@ def main(argv=None) -> int:
                   etcd_tls=getattr(args, "etcd_tls", None))
         if args.cmd == "up":
             lab.up(args.hosts, keys=args.keys, etcd_snapshot_count=args.etcd_snapshot_count,
-                   backup_host=args.backup_host)
+                   backup_host=args.backup_host, lxd=args.lxd)
             print(lab.table())
             print("\netcd %s%s (%s)" % (lab.etcd_version, " with TLS" if lab.etcd_tls else "", lab.etcd_bin_dir))
             print("inventory: %s" % lab.inventory_path)
             print("etcd inventory: %s" % lab.etcd_inventory_path)
+            if args.lxd:
+                print("lxd inventory: %s" % lab.lxd_inventory_path)
         elif args.cmd == "down":
             lab.down(keep_state=args.keep_state)
         elif args.cmd == "status":

@@ -36,6 +36,8 @@ DQLITE_DIR = "/var/snap/microk8s/current/var/kubernetes/backend"
 K8S_SNAP_DQLITE_DIR = "/var/snap/k8s/common/var/lib/k8s-dqlite"  # k8s-snap's backend (lab/microk8s.py)
 ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380
 DQLITE_DB_PORT, DQLITE_API_PORT = 9001, 8001
+LXD_DIR = "/var/lib/lxd"  # Debian's lxd: its LXD_DIR (database/, server.crt, storage-pools/)
+LXD_PORT = 8443
 PKI_DIR = "/etc/qrlab/pki"  # in the private /etc/qrlab: each host sees only its own keys
 
 # Paths every host sees as its own. Anything not listed here is shared by all hosts. An engine
@@ -46,6 +48,7 @@ PRIVATE_PATHS = {
     # directory (backend.incoming-*, backend.replaced-*), and a rename across mounts fails (EXDEV)
     "dqlite": os.path.dirname(DQLITE_DIR),
     "k8s-snap": os.path.dirname(K8S_SNAP_DQLITE_DIR),
+    "lxd": LXD_DIR,
     "run": "/run",
     "etc": "/etc/qrlab",
     "log": "/var/log/qrlab",

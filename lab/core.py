@@ -21,17 +21,21 @@ from .base import (BRIDGE, DEFAULT_STATE, DEFAULT_SUBNET, DQLITE_DIR, ETCD_DIR, 
 from .dqlite import DqliteEngine, expected_dqlite_voters
 from .etcd import EtcdEngine, wanted_etcd_tls, wanted_etcd_version
 from .faults import Faults
+from .lxd import LxdProduct
 
 # the names scripts, benchmarks and tests import from lab.core since it was one file
 __all__ = ["BRIDGE", "DEFAULT_STATE", "DEFAULT_SUBNET", "DQLITE_DIR", "ETCD_DIR", "MAX_HOSTS", "NAME",
            "PRIVATE_PATHS", "Host", "Lab", "LabError", "expected_dqlite_voters", "run"]
 
 
-class Lab(EtcdEngine, DqliteEngine, Faults):
-    """A fleet of lab hosts with an etcd and a dqlite cluster across them."""
+class Lab(EtcdEngine, DqliteEngine, LxdProduct, Faults):
+    """A fleet of lab hosts with an etcd and a dqlite cluster across them (and, with lxd=True,
+    an LXD cluster)."""
 
-    # services that hold engine data, in the order a host stops them
-    ENGINE_SERVICES = ("dqlite", "etcd")
+    @property
+    def ENGINE_SERVICES(self) -> tuple:  # noqa: N802 (was a constant before LXD was optional)
+        """Services that hold engine data, in the order a host stops them."""
+        return ("dqlite", "etcd") + (("lxd",) if self._recorded().get("lxd") else ())
 
     def __init__(self, state: Path | str = DEFAULT_STATE, subnet: str = DEFAULT_SUBNET,
                  etcd_version: str | None = None, etcd_tls: bool | None = None):
@@ -43,19 +47,22 @@ class Lab(EtcdEngine, DqliteEngine, Faults):
         self._etcd_tls_wanted = wanted_etcd_tls(etcd_tls)
 
     def up(self, count: int = 3, keys: int = 1000, etcd_snapshot_count: int = 1000,
-           etcd_version: str | None = None, etcd_tls: bool | None = None, backup_host: bool = False) -> list[Host]:
-        """Bring up `count` hosts with healthy etcd and dqlite clusters, `keys` keys in each.
-        etcd_version and etcd_tls default to what the Lab was made with. backup_host adds one
-        more host, with sshd and no engine, in the inventories' group backup_hosts."""
+           etcd_version: str | None = None, etcd_tls: bool | None = None, backup_host: bool = False,
+           lxd: bool = False) -> list[Host]:
+        """Bring up `count` hosts with healthy etcd and dqlite clusters, `keys` keys in each, and
+        with lxd=True an LXD cluster too (lab/lxd.py). etcd_version and etcd_tls default to what
+        the Lab was made with. backup_host adds one more host, with sshd and no engine, in the
+        inventories' group backup_hosts."""
         if not 1 <= count <= MAX_HOSTS - (1 if backup_host else 0):
             raise LabError("host count must be 1..%d, got %d" % (MAX_HOSTS, count))
         etcd_version = wanted_etcd_version(etcd_version or self._etcd_version_wanted)
         etcd_tls = self._etcd_tls_wanted if etcd_tls is None else bool(etcd_tls)
-        self._preflight(self._etcd_tools(etcd_version) + self.DQLITE_TOOLS + (("openssl",) if etcd_tls else ()))
+        self._preflight(self._etcd_tools(etcd_version) + self.DQLITE_TOOLS + (("openssl",) if etcd_tls else ())
+                        + (self.LXD_TOOLS if lxd else ()))
         self.down()  # whatever a crashed run left behind
         self._record(hosts=count, subnet=str(self.subnet), created=[], up=False, addresses={},
                      etcd_snapshot_count=etcd_snapshot_count, etcd_version=etcd_version, etcd_tls=etcd_tls,
-                     backup_host=backup_host)
+                     backup_host=backup_host, lxd=False)
         hosts = self.hosts(count)
         every = self.hosts(count + 1) if backup_host else hosts
         try:
@@ -71,6 +78,8 @@ class Lab(EtcdEngine, DqliteEngine, Faults):
             self.start_dqlite(hosts)
             if keys:
                 self.load_keys(hosts[0], keys)
+            if lxd:
+                self.add_lxd(hosts)
             self._record(up=True)
         except BaseException:
             self.down(keep_state=True)
@@ -85,6 +94,10 @@ class Lab(EtcdEngine, DqliteEngine, Faults):
             self._write_dqlite_service(host, hosts)
         self._write_inventory(hosts)
         self._write_etcd_inventory(hosts)
+        if self._recorded().get("lxd"):
+            for host in hosts:
+                self._write_lxd_service(host)
+            self._write_lxd_inventory(hosts)
 
     def _engine_data_moves(self, old: Host, new: Host) -> list:
         """(before, after) data directories that follow a host to its new address."""

@@ -218,11 +218,15 @@ def _reuse_large_buffers():
     del block
 
 
-def inspect_datadir(path: str, depth: str = "full", auto_recovery: bool = True, lz4: str = "auto") -> dict:
+def inspect_datadir(path: str, depth: str = "full", auto_recovery: bool = True, lz4: str = "auto",
+                    identity: str = "app") -> dict:
     """Everything dqlite_info reports about one data directory (see the module's RETURN).
 
     lz4 picks what checks snapshot contents (dqlite_format.lz4_engine: auto, library, tool,
-    python); a named engine the host lacks raises ValueError before anything is read."""
+    python); a named engine the host lacks raises ValueError before anything is read.
+    identity says where the member's own ID and address are kept: "app" (the go-dqlite app's
+    info.yaml and cluster.yaml in the directory) or "lxd-local-db" (LXD: the node-local sqlite
+    database ../local.db, its raft_nodes table and core.https_address)."""
     full = depth == "full"
     lz4_engine = fmt.lz4_engine(lz4)
     _reuse_large_buffers()
@@ -239,7 +243,13 @@ def inspect_datadir(path: str, depth: str = "full", auto_recovery: bool = True, 
     kinds = _classify(names)
     result["files"] = names
     result["node_local_files"] = [n for n in names if n in NODE_LOCAL_FILES]
-    result["identity"], result["cluster_yaml"] = _read_yaml_files(path, names, problems)
+    result["identity_source"] = identity
+    if identity == "lxd-local-db":
+        result["identity"], result["cluster_yaml"] = lxd_local_db(path, problems)
+        # LXD's names of the members (recover_lost may name them so)
+        result["names"] = {n["id"]: n["name"] for n in result["cluster_yaml"] or [] if n.get("name")}
+    else:
+        result["identity"], result["cluster_yaml"] = _read_yaml_files(path, names, problems)
     result["metadata"] = _inspect_metadata(path, kinds, problems)
     # The contents of every snapshot are checked in threads while this thread reads the log:
     # liblz4 and file reads run without the GIL. Whether a snapshot's contents are good does
@@ -269,7 +279,8 @@ def inspect_datadir(path: str, depth: str = "full", auto_recovery: bool = True, 
     result["log"] = _log_summary(result["segments"], newest, usable)
     result["membership"] = _membership(result, newest, problems)
     result["prediction"] = predict_start(result["metadata"], snapshots, result["segments"], auto_recovery,
-                                         _app_refusal(result, names, problems))
+                                         _app_refusal(result, names, problems) if identity == "app" else None)
+    result["product_hint"] = _lxd_hint(result["segments"]) if identity == "lxd-local-db" else None
     _explain_prediction(result["prediction"], result["log"], problems)
     result["leftovers"] = {"tmp": kinds["tmp"], "corrupt": kinds["corrupt"]}
     if "join" in names:
@@ -288,8 +299,11 @@ def _summary(result):
     current = (result.get("metadata") or {}).get("current") or {}
     return member.summary(
         "dqlite", result, member_id=identity.get("id"), address=identity.get("address"),
-        address_source="info.yaml" if identity else None,
-        voters=[{"id": s["id"], "address": s["address"], "role": s["role"]} for s in servers],
+        address_source=(LXD_LOCAL_DB if result.get("identity_source") == "lxd-local-db" else "info.yaml")
+        if identity else None, hint=result.get("product_hint"),
+        voters=[dict({"id": s["id"], "address": s["address"], "role": s["role"]},
+                     **({"name": result["names"][s["id"]]} if s["id"] in (result.get("names") or {}) else {}))
+                for s in servers],
         current_term=current.get("term"), terms=_term_starts(result["segments"]),
         after_repair=_after_repair(result))
 
@@ -331,6 +345,69 @@ def _after_repair(result):
     # writes (info.yaml, cluster.yaml) are not repairs of files: the recovery writes those from its plan
     return {"last_term": last[0], "last_index": last[1], "snapshot_index": snapshot_index,
             "last_entry_sha256": last[2], "repairs": [a for a in actions if "write" not in a]}
+
+
+LXD_LOCAL_DB = "local.db"
+LXD_ROLES = {0: "voter", 1: "stand-by", 2: "spare"}
+
+
+def lxd_local_db_path(path):
+    """LXD keeps database/global (the raft directory) beside database/local.db (node-local)."""
+    return os.path.join(os.path.dirname(os.path.normpath(path)), LXD_LOCAL_DB)
+
+
+def read_lxd_local_db(path):
+    """(own address, [{id, address, role, name}]) from LXD's node-local database, opened
+    immutable so not even a journal or -shm file is made; raises sqlite3.Error or OSError."""
+    import sqlite3  # only this reader needs it
+
+    db = lxd_local_db_path(path)
+    if not os.path.isfile(db):
+        raise OSError("%s does not exist" % db)
+    conn = sqlite3.connect("file:%s?immutable=1" % db, uri=True)
+    try:
+        config = dict(conn.execute("SELECT key, value FROM config").fetchall())
+        rows = conn.execute("SELECT * FROM raft_nodes").fetchall()
+        columns = [c[0] for c in conn.execute("SELECT * FROM raft_nodes").description]
+    finally:
+        conn.close()
+    nodes = []
+    for row in rows:
+        item = dict(zip(columns, row))
+        nodes.append({"id": int(item["id"]), "address": item["address"],
+                      "role": LXD_ROLES.get(item.get("role", 0), str(item.get("role"))), "name": item.get("name") or ""})
+    return config.get("cluster.https_address") or config.get("core.https_address"), nodes
+
+
+def lxd_local_db(path, problems):
+    """LXD's identity of this member and the membership its local.db lists (a cache LXD writes,
+    not the raft log's truth: reported as a disagreement when they differ)."""
+    try:
+        address, nodes = read_lxd_local_db(path)
+    except (OSError, ValueError, KeyError) as exc:
+        problems.append(_problem(ERROR, LXD_LOCAL_DB, "LXD's local.db is unreadable: %s" % exc,
+                                 "fail to start", "this member's identity", "restore local.db from the safety archive"))
+        return None, None
+    except Exception as exc:  # sqlite3.Error without importing sqlite3 at module load
+        problems.append(_problem(ERROR, LXD_LOCAL_DB, "LXD's local.db is unreadable: %s" % exc,
+                                 "fail to start", "this member's identity", "restore local.db from the safety archive"))
+        return None, None
+    own = [n for n in nodes if n["address"] == address]
+    if len(own) != 1:
+        problems.append(_problem(ERROR, LXD_LOCAL_DB, "local.db's raft_nodes has no entry for this member's address %s"
+                                 % address, "start as a non-database member", "this member's identity",
+                                 "restore local.db from the safety archive"))
+        return None, nodes
+    me = own[0]
+    return {"id": me["id"], "address": me["address"], "role": me["role"], "name": me["name"]}, nodes
+
+
+def _lxd_hint(segments):
+    """What LXD itself would call this member's position (`lxd cluster edit`: "Latest dqlite
+    segment ID"): the end index of its newest CLOSED segment. It ignores open segments and terms,
+    so it can name another member than the election does; the plan shows both."""
+    closed = [s["last_index"] for s in segments if s.get("kind") == "closed" and s.get("last_index") is not None]
+    return {"name": "LXD latest segment", "last_index": max(closed) if closed else 0}
 
 
 def _check_address_local(identity, problems):
@@ -615,19 +692,22 @@ def _membership(result, newest, problems):
     if authoritative is None:
         return membership
     truth = {(s["id"], s["address"], s["role"]) for s in authoritative["servers"]}
+    # where the app keeps its cached list and its own entry (LXD: both in local.db)
+    lxd = result.get("identity_source") == "lxd-local-db"
+    list_file, own_file = (LXD_LOCAL_DB, LXD_LOCAL_DB) if lxd else ("cluster.yaml", "info.yaml")
     if result["cluster_yaml"] is not None:
         cached = {(n["id"], n["address"], n["role"]) for n in result["cluster_yaml"]}
         if cached != truth:
             membership["disagreements"].append({
-                "file": "cluster.yaml", "only_in_file": sorted(cached - truth), "only_in_log": sorted(truth - cached)})
+                "file": list_file, "only_in_file": sorted(cached - truth), "only_in_log": sorted(truth - cached)})
     if result["identity"] is not None:
         me = result["identity"]
         ids = {s["id"]: s for s in authoritative["servers"]}
         if me["id"] not in ids:
-            membership["disagreements"].append({"file": "info.yaml", "problem": "node %d is not in the membership"
+            membership["disagreements"].append({"file": own_file, "problem": "node %d is not in the membership"
                                                 % me["id"]})
         elif ids[me["id"]]["address"] != me["address"]:
-            membership["disagreements"].append({"file": "info.yaml", "problem": "address %s, membership says %s"
+            membership["disagreements"].append({"file": own_file, "problem": "address %s, membership says %s"
                                                 % (me["address"], ids[me["id"]]["address"]),
                                                 "address": me["address"], "expected": ids[me["id"]]["address"]})
     for item in membership["disagreements"]:

@@ -47,10 +47,15 @@ def segment_name(first: int, last: int) -> str:
 
 
 def source(winner: str, summary: dict, position: tuple, options: dict | None = None) -> dict:
-    """The reconfigure: ONCE on the winner, appending one entry after its last index (no options)."""
+    """The reconfigure: ONCE on the winner, appending one entry after its last index. options may
+    name the product's own command that does it (`tool`, words for the plan; LXD's)."""
     last_index = position[1]
-    return {"host": winner, "step": "reconfigure", "expected_last_index": last_index,
-            "segment": segment_name(last_index + 1, last_index + 1)}
+    out = {"host": winner, "step": "reconfigure", "expected_last_index": last_index,
+           "segment": segment_name(last_index + 1, last_index + 1)}
+    tool = (options or {}).get("tool")
+    if tool:
+        out["tool"] = tool
+    return out
 
 
 def actions(part: str, winner: str, source: dict, new_address: str | None, repairs: list | None) -> list:
@@ -63,7 +68,8 @@ def actions(part: str, winner: str, source: dict, new_address: str | None, repai
                     "aside), write the new membership and run .reconfigure ONCE" % (
                         source["backup"], source["term"], source["expected_last_index"]))
     elif part == "winner":
-        done.append("write the new membership and run .reconfigure ONCE (appends %s)" % source["segment"])
+        done.append("write the new membership and run %s ONCE (appends %s)"
+                    % (source.get("tool") or ".reconfigure", source["segment"]))
     if new_address:
         done.append("write info.yaml with its new address %s" % new_address)
     if part == "winner":
@@ -93,6 +99,18 @@ def node_yaml(nodes: list) -> str:
         return "%sAddress: %s\n%sID: %d\n%sRole: %d\n" % (
             lead, node["address"], pad, int(node["id"]), pad, APP_ROLE_NUMBERS[node["role"]])
     return "".join(block(n, "- ") for n in nodes)
+
+
+def lxd_members_yaml(nodes: list, names: dict) -> str:
+    """The YAML `lxd cluster edit` reads on stdin: members with id, name, address and role
+    (voter, stand-by, spare). `names` maps each ID to LXD's name for it (from local.db). In the
+    order of the IDs, as LXD lists them: it compares the list entry by entry and refuses a
+    "changed member ID" otherwise."""
+    lines = ["members:"]
+    for node in sorted(nodes, key=lambda n: int(n["id"])):
+        lines += ["- id: %d" % int(node["id"]), "  name: %s" % names[int(node["id"])],
+                  "  address: %s" % node["address"], "  role: %s" % node["role"]]
+    return "\n".join(lines) + "\n"
 
 
 def info_yaml(node: dict) -> str:

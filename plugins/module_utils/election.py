@@ -377,6 +377,7 @@ def make_plan(engine: str, members: dict, lost: Iterable = (), winner: str | Non
     source = hooks.source(chosen, members[chosen], pos[chosen], dict(source_options or {}))
     if source.get("loses"):  # an operator's opt-in to a source that drops entries: said, every time
         warnings.append(source["loses"])
+    why.extend(_hint_disagrees(members, pos, chosen))
     return _assemble(engine, members, chosen, membership, lost_members, source, current, verdicts, pos,
                      why, warnings, losses, repairs)
 
@@ -404,7 +405,8 @@ def _assemble(engine, members, chosen, membership, lost_members, source, current
     table_rows = [{"host": h, "id": ids[h], "address": current[h], "new_address": moved.get(h),
                    "verdict": verdicts[h], "last_term": pos[h][0], "last_index": pos[h][1],
                    "snapshot_index": members[h].get("snapshot_index") or 0, "fate": fates[h],
-                   "new_role": roles[h], "if_chosen": losses.get(h, "")} for h in survivors]
+                   "new_role": roles[h], "if_chosen": losses.get(h, ""), "hint": members[h].get("hint")}
+                  for h in survivors]
     plan = {"engine": engine, "winner": chosen, "why": why, "warnings": warnings, "members": table_rows,
             "membership": membership, "lost": lost_members, "source": source, "parts": parts, "fates": fates,
             "repairs": repairs, "notes": _notes(members, chosen) + list(getattr(hooks, "notes", _no_notes)(members, chosen))}
@@ -543,6 +545,23 @@ def _backup_plan(engine, members, backup, lost=(), winner=None, addresses=None, 
                      why, warnings, losses, {})
 
 
+def _hint_disagrees(members, pos, chosen):
+    """Where a product's own position hint (LXD: the newest closed segment's end) would pick
+    another member than the election: said in the plan, and the election's pick stands."""
+    hinted = {h: (members[h].get("hint") or {}).get("last_index") for h in members}
+    hinted = {h: i for h, i in hinted.items() if i is not None}
+    if not hinted or chosen not in hinted:
+        return []
+    name = next(members[h]["hint"]["name"] for h in hinted)
+    top = max(hinted.values())
+    if hinted[chosen] == top:
+        return []
+    by_hint = sorted(h for h, i in hinted.items() if i == top)
+    return ["%s would pick %s (%d) over %s (%d); it counts closed segments only, so the election's last term "
+            "and index, open segments included, pick %s at %s" % (
+                name, " or ".join(by_hint), top, chosen, hinted[chosen], chosen, fmt_pos(pos[chosen]))]
+
+
 def _no_notes(_members, _chosen):
     return []
 
@@ -573,16 +592,22 @@ def plan_hash(plan: dict) -> str:
 
 
 def render_table(plan: dict) -> list:
-    head = ("member", "id", "address", "verdict", "last term", "last index", "snapshot", "new role", "fate")
+    # a product's own position hint (LXD's latest closed segment), beside the election's numbers
+    hints = [m.get("hint") for m in plan["members"] if m.get("hint")]
+    hint_head = ("%s (not elected on)" % hints[0]["name"],) if hints else ()
+    head = ("member", "id", "address", "verdict", "last term", "last index") + hint_head + (
+        "snapshot", "new role", "fate")
     rows = [head]
     for m in plan["members"]:
         address = m["address"] or "?"
         if m.get("new_address"):
             address += " -> " + m["new_address"]
+        hint = (str((m.get("hint") or {}).get("last_index", "-")),) if hints else ()
         rows.append((m["host"], str(m["id"]), address, m["verdict"], str(m["last_term"]),
-                     str(m["last_index"]), str(m["snapshot_index"]), m["new_role"], m["fate"]))
+                     str(m["last_index"])) + hint + (str(m["snapshot_index"]), m["new_role"], m["fate"]))
     for s in plan["lost"]:
-        rows.append(("-", str(s["id"]), s["address"], "lost", "-", "-", "-", "-", "removed (declared lost)"))
+        rows.append(("-", str(s["id"]), s["address"], "lost", "-", "-") + (("-",) if hints else ())
+                    + ("-", "-", "removed (declared lost)"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -113,14 +113,16 @@ def address_is_local(address: str | None) -> bool | None:
 def summary(engine: str, facts: dict, *, member_id: int | str | None = None, cluster_key: str | None = None,
             address: str | None = None, address_source: str | None = None, voters: list | None = None,
             current_term: int | None = None, commit: int | None = None, tie_break: Iterable = (),
-            terms: list | None = None, after_repair: dict | None = None) -> dict:
+            terms: list | None = None, after_repair: dict | None = None, hint: dict | None = None) -> dict:
     """The engine-neutral summary of one member (see the modules' RETURN, `summary`).
 
     facts is the inspector's own result (path, exists, log, problems, verdict, running);
     the keyword arguments are what only the engine knows how to find. `terms` lists
     [term, first index] for each term the log after the snapshot holds, oldest first, so the
     plan can tell where two logs part; `after_repair` is the member's log position once its
-    proposed repairs are done (None when it needs none)."""
+    proposed repairs are done (None when it needs none); `hint` is the product's own idea of the
+    member's position ({"name", "last_index"}, e.g. LXD's latest closed segment), shown, never
+    elected on."""
     log = facts.get("log") or {}
     problems = facts.get("problems") or []
     return {
@@ -147,6 +149,7 @@ def summary(engine: str, facts: dict, *, member_id: int | str | None = None, clu
         "running": (facts.get("running") or {}).get("running"),
         "running_evidence": (facts.get("running") or {}).get("evidence"),
         "after_repair": after_repair,
+        "hint": hint,
         "problems": [{"severity": p["severity"], "file": p["file"], "message": p["message"],
                       "range": p.get("index_range"), "engine_would": p.get(engine + "_would"),
                       "data_lost": p.get("data_lost"), "remedy": p.get("remedy"), "repair": repair_of(p)}

@@ -78,6 +78,16 @@ options:
       - The dqlite address (C(host:port)) this member is to be started with when its host's
         address changed. Checked like C(info.yaml)'s address and reported in RV(member.new_address_local).
     type: str
+  identity:
+    description:
+      - Where the member's own ID and address are kept. V(app) is the go-dqlite app's C(info.yaml)
+        and C(cluster.yaml) in O(path) (MicroK8s, k8s-snap, microcluster).
+      - V(lxd-local-db) is LXD's node-local C(database/local.db) beside O(path) (C(database/global)),
+        read opened immutable (table C(raft_nodes) and the key C(cluster.https_address)); the
+        result then also carries RV(member.product_hint), LXD's own idea of the member's position.
+    type: str
+    choices: [app, lxd-local-db]
+    default: app
 """
 
 EXAMPLES = r"""
@@ -125,8 +135,15 @@ member:
       description: Snapshot index/term, first and last index, and the TERM of the last entry.
       type: dict
       sample: {"first_index": 1, "last_index": 1505, "last_term": 1, "snapshot_index": 1024, "snapshot_term": 1}
+    product_hint:
+      description:
+        - With O(identity=lxd-local-db), what LXD itself calls this member's position (the "Latest
+          dqlite segment ID" of C(lxd cluster edit)) - the end index of the newest CLOSED segment,
+          blind to open segments and terms. Shown beside the election's numbers; never elected on.
+      type: dict
+      sample: {"name": "LXD latest segment", "last_index": 23}
     identity:
-      description: This node's ID, address and role from C(info.yaml).
+      description: This node's ID, address and role from C(info.yaml) (or LXD's C(local.db)).
       type: dict
       sample: {"id": 3297041220608546238, "address": "10.0.0.1:9001", "role": "voter"}
     cluster_yaml:
@@ -231,7 +248,7 @@ def _settled(path):
 
 def _inspect(module, path):
     facts = dqlite_datadir.inspect_datadir(path, module.params["depth"], module.params["auto_recovery"],
-                                           module.params["lz4_engine"])
+                                           module.params["lz4_engine"], module.params["identity"])
     if module.params["new_address"]:
         facts["new_address_local"] = dqlite_datadir.address_is_local(module.params["new_address"])
         facts["summary"]["new_address_local"] = facts["new_address_local"]
@@ -246,6 +263,7 @@ def main():
             lz4_engine=dict(type="str", choices=["auto", "library", "tool", "python"], default="auto"),
             auto_recovery=dict(type="bool", default=True),
             new_address=dict(type="str"),
+            identity=dict(type="str", choices=["app", "lxd-local-db"], default="app"),
         ),
         supports_check_mode=True,
     )

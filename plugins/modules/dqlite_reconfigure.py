@@ -67,6 +67,20 @@ options:
     description: This member's ID in O(membership); its entry is written to C(info.yaml).
     type: int
     required: true
+  identity:
+    description:
+      - Where the product keeps the member's identity, as in M(quorum.recovery.dqlite_info).
+      - V(app) writes the membership as go-dqlite YAML and afterwards the app's C(cluster.yaml) and C(info.yaml).
+      - V(lxd-local-db) writes it as the YAML C(lxd cluster edit) reads (members with id, name,
+        address, role; the names from LXD's C(local.db) beside O(path)) and writes no app files -
+        LXD's own command updates C(local.db) itself.
+    type: str
+    choices: [app, lxd-local-db]
+    default: app
+  stdin:
+    description: Feed the membership YAML to the command on its standard input (C(lxd cluster edit)) as well.
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -114,6 +128,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_datadir
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_plan
+from ansible_collections.quorum.recovery.plugins.module_utils import lxd_localdb
 from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
 
 
@@ -127,6 +142,8 @@ def raft_files(facts):
 
 def _write_app_files(module, path, membership, member_id):
     """cluster.yaml and info.yaml as the new membership says; returns the names rewritten."""
+    if module.params["identity"] != "app":
+        return []  # the product's own command keeps its node-local files (LXD: local.db)
     own = [s for s in membership if int(s["id"]) == member_id]
     if not own:
         module.fail_json(msg="member_id=%d is not in the membership %s" % (member_id, membership))
@@ -147,6 +164,21 @@ def _write_app_files(module, path, membership, member_id):
             arch.write_atomic(os.path.join(path, name), content.encode(), 0o600)
     written = [name for name, _content in written]
     return written
+
+
+def _lxd_own_address(module, path, membership, member_id):
+    """LXD's edit rewrites raft_nodes but not the member's own address keys: when the plan moves
+    this member, local.db must name its new address, or LXD listens on the old one."""
+    if module.params["identity"] != "lxd-local-db":
+        return []
+    try:
+        changes = lxd_localdb.changes_needed(path, membership, member_id)
+        if changes and not module.check_mode:
+            lxd_localdb.apply(path, changes, os.path.dirname(module.params["yaml_path"]))
+    except Exception as exc:  # sqlite3.Error, OSError, KeyError
+        module.fail_json(msg="cannot bring LXD's %s in line with the membership: %s"
+                         % (dqlite_datadir.lxd_local_db_path(path), exc))
+    return ["local.db"] if changes else []
 
 
 def _done(facts, membership, index):
@@ -171,6 +203,8 @@ def main():
             command=dict(type="list", elements="str", required=True),
             yaml_path=dict(type="path", required=True),
             member_id=dict(type="int", required=True),
+            identity=dict(type="str", choices=["app", "lxd-local-db"], default="app"),
+            stdin=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -183,12 +217,14 @@ def main():
         module.fail_json(msg="membership has no voter")
     if not os.path.isdir(path):
         module.fail_json(msg="path %s is not a directory" % path)
-    facts = dqlite_datadir.inspect_datadir(path, "quick")
+    identity = module.params["identity"]
+    facts = dqlite_datadir.inspect_datadir(path, "quick", identity=identity)
     segment = "%016d-%016d" % (expected + 1, expected + 1)
     if facts["running"]["running"]:
         module.fail_json(msg="dqlite is running on %s (%s); stop it first" % (path, facts["running"]["evidence"]))
     if _done(facts, membership, expected + 1):
         written = _write_app_files(module, path, membership, module.params["member_id"])
+        written += _lxd_own_address(module, path, membership, module.params["member_id"])
         module.exit_json(changed=bool(written), already_done=True, segment=segment, raft_files=raft_files(facts),
                          written=written)
     last = (facts.get("log") or {}).get("last_index")
@@ -203,14 +239,27 @@ def main():
         module.exit_json(changed=True, already_done=False, segment=segment, raft_files=[], written=[])
     yaml_path = module.params["yaml_path"]
     os.makedirs(os.path.dirname(yaml_path), mode=0o700, exist_ok=True)
-    arch.write_atomic(yaml_path, dqlite_plan.node_yaml(membership).encode())
+    if identity == "lxd-local-db":
+        try:
+            names = {n["id"]: n["name"] for n in dqlite_datadir.read_lxd_local_db(path)[1]}
+            text = dqlite_plan.lxd_members_yaml(membership, names)
+        except KeyError as exc:
+            module.fail_json(msg="member %s of the membership has no name in %s; not running the reconfigure"
+                             % (exc, dqlite_datadir.lxd_local_db_path(path)))
+        except Exception as exc:  # sqlite3.Error, OSError
+            module.fail_json(msg="cannot read LXD's %s: %s" % (dqlite_datadir.lxd_local_db_path(path), exc))
+    else:
+        text = dqlite_plan.node_yaml(membership)
+    arch.write_atomic(yaml_path, text.encode())
     argv = [a.replace("{dir}", path).replace("{yaml}", yaml_path) for a in module.params["command"]]
-    rc, out, err = module.run_command(argv)
-    after = dqlite_datadir.inspect_datadir(path, "quick")
+    rc, out, err = module.run_command(argv, data=text if module.params["stdin"] else None,
+                                      binary_data=True)
+    after = dqlite_datadir.inspect_datadir(path, "quick", identity=identity)
     if rc != 0 or not _done(after, membership, expected + 1):
         module.fail_json(msg="the reconfigure command %s did not append %s with the new membership (rc %d): %s"
                          % (argv, segment, rc, (err or out).strip()), stdout=out, stderr=err, member=after)
     written = _write_app_files(module, path, membership, module.params["member_id"])
+    written += _lxd_own_address(module, path, membership, module.params["member_id"])
     module.exit_json(changed=True, already_done=False, segment=segment, stdout=out, raft_files=raft_files(after),
                      written=written)
 

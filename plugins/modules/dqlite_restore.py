@@ -80,6 +80,18 @@ options:
     description: Where the replaced files go. Must be on the same filesystem as O(path) to be a rename.
     type: path
     required: true
+  identity:
+    description:
+      - Where the product keeps the member's identity, as in M(quorum.recovery.dqlite_info).
+        V(app) writes the go-dqlite app's C(cluster.yaml) (and C(info.yaml) for a member that moved).
+      - V(lxd-local-db) writes neither - LXD keeps its identity and member list in C(local.db)
+        beside O(path), outside the directory, so never moved or replaced. Instead its table
+        C(raft_nodes) is set to O(membership) (what LXD 6.2+ ships as C(raft_nodes.yaml)) and, for
+        a member whose address changed, the address keys that named the old one; the file as it
+        was is kept as C(local.db.before) in O(aside_dir).
+    type: str
+    choices: [app, lxd-local-db]
+    default: app
 """
 
 EXAMPLES = r"""
@@ -118,6 +130,15 @@ progress:
   type: list
   elements: dict
   sample: [{"phase": "verify", "bytes": 301989888, "seconds": 3.1}, {"phase": "extract", "bytes": 301989888, "seconds": 9.8}]
+local_db:
+  description: With O(identity=lxd-local-db), what was set in LXD's C(local.db) (C(raft_nodes), C(config)).
+  returned: when it changed
+  type: list
+  elements: str
+local_db_kept:
+  description: Where LXD's C(local.db) as it was before is kept.
+  returned: when it changed
+  type: str
 """
 
 import os
@@ -129,6 +150,7 @@ from ansible_collections.quorum.recovery.plugins.module_utils import datadir_arc
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_datadir
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_format
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_plan
+from ansible_collections.quorum.recovery.plugins.module_utils import lxd_localdb
 from ansible_collections.quorum.recovery.plugins.module_utils import progress as prog
 
 
@@ -192,7 +214,7 @@ def _info_to_write(path, content):
 
 def _check(path, p):
     """The directory as the plan wants it after the restore, or the reason it is not."""
-    facts = dqlite_datadir.inspect_datadir(path, "quick")
+    facts = dqlite_datadir.inspect_datadir(path, "quick", identity=p["identity"])
     log = facts.get("log") or {}
     servers = ((facts.get("membership") or {}).get("authoritative") or {}).get("servers") or []
     want = sorted(int(s["id"]) for s in p["membership"])
@@ -214,8 +236,10 @@ def _restore(module, path, node_local, progress):
     except arch.ArchiveError as exc:
         raise _Refused("the winner's archive failed its check on arrival: %s; nothing was changed" % exc)
     wanted = {e["name"]: e["sha256"] for e in manifest["files"] if e["name"] not in node_local}
-    wanted["cluster.yaml"] = arch.hashlib.sha256(p["cluster_yaml"].encode()).hexdigest()
-    info = _info_to_write(path, p["info_yaml"])
+    app = p["identity"] == "app"
+    if app:
+        wanted["cluster.yaml"] = arch.hashlib.sha256(p["cluster_yaml"].encode()).hexdigest()
+    info = app and _info_to_write(path, p["info_yaml"])
     current = _current(path, node_local, progress, "compare")
     if current == wanted:
         if info and not module.check_mode:
@@ -244,7 +268,8 @@ def _restore(module, path, node_local, progress):
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.rename(os.path.join(incoming, name), target)
             restored.append(name)
-        arch.write_atomic(os.path.join(path, "cluster.yaml"), p["cluster_yaml"].encode(), 0o600)
+        if app:
+            arch.write_atomic(os.path.join(path, "cluster.yaml"), p["cluster_yaml"].encode(), 0o600)
         if info:  # node-local, kept above; its address changes with the member's
             arch.write_atomic(os.path.join(path, "info.yaml"), p["info_yaml"].encode(), 0o600)
     finally:
@@ -268,6 +293,7 @@ def main():
             member_id=dict(type="int", required=True),
             expected_last_index=dict(type="int", required=True),
             aside_dir=dict(type="path", required=True),
+            identity=dict(type="str", choices=["app", "lxd-local-db"], default="app"),
             **prog.PROGRESS_OPTIONS
         ),
         supports_check_mode=True,
@@ -293,6 +319,17 @@ def main():
         progress.close()
         module.fail_json(msg=str(exc), progress=progress.summary(), **exc.facts)
     progress.close()
+    if p["identity"] == "lxd-local-db":
+        try:
+            local = lxd_localdb.changes_needed(path, p["membership"], p["member_id"])
+            if local:
+                result["changed"] = True
+                result["local_db"] = sorted(local)
+                if not module.check_mode:
+                    result["local_db_kept"] = lxd_localdb.apply(path, local, result.get("aside") or p["aside_dir"])
+        except Exception as exc:  # sqlite3.Error, OSError, KeyError
+            module.fail_json(msg="cannot bring LXD's %s in line with the membership: %s"
+                             % (dqlite_datadir.lxd_local_db_path(path), exc), **result)
     if not module.check_mode:
         facts, found = _check(path, p)
         if found:

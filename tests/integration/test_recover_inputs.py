@@ -74,7 +74,8 @@ CONFIRM = {"recover_confirm": "yes"}
 BAD_INPUTS = [
     # (id, extra vars, what the message must contain: a string, or a tuple of strings)
     ("unknown-flavor", dict(CONFIRM, recover_flavor="nope"), "recover_flavor=nope"),
-    ("lxd-is-inspect-only", dict(CONFIRM, recover_flavor="lxd"), "recover_flavor=lxd"),
+    ("k3s-is-inspect-only", dict(CONFIRM, recover_engine="etcd", recover_group="etcd", recover_flavor="k3s"),
+     "recover_flavor=k3s: this flavor is inspect-only here"),
     ("engine-unknown", dict(CONFIRM, recover_engine="consul", recover_group="dqlite"),
      "recover_engine=consul: this role recovers dqlite and etcd clusters"),
     ("lost-not-in-inventory", dict(CONFIRM, recover_lost=["h9"]), "recover_lost="),
@@ -171,7 +172,7 @@ def test_bad_input_is_refused_by_name_and_nothing_changes(lab, tmp_path, extra, 
 
 
 def test_unknown_flavor_gets_one_message(lab, tmp_path):
-    """Not a second one saying the (unknown) flavor is inspect-only, as if it were LXD."""
+    """Not a second one saying the (unknown) flavor is inspect-only, as if it were one of those."""
     proc = _recover(lab, tmp_path / "controller", dict(CONFIRM, recover_flavor="microk9s"), "--check")
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output[-3000:]
