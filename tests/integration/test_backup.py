@@ -207,6 +207,7 @@ def test_bad_inputs_are_refused_naming_them_and_nothing_is_written(blab):
     assert _fingerprints(blab) == before
 
 
+@pytest.mark.full
 def test_operator_named_source_and_an_unhealthy_one(blab):
     before = set(manifests(_store_on(blab, "h4")))
     backup(blab, "backup_source=h1")
@@ -232,7 +233,8 @@ def _real_names(folder: Path) -> list[str]:
         if folder.is_dir() else []
 
 
-@pytest.mark.parametrize("after", [2.5, 5.0, 7.5])
+@pytest.mark.parametrize("after", [2.5, pytest.param(5.0, marks=pytest.mark.full),
+                                   pytest.param(7.5, marks=pytest.mark.full)])
 def test_killed_backup_leaves_nothing_partial_and_the_next_run_succeeds(blab, after):
     """ansible-playbook SIGKILLed (with every process it started) `after` seconds in: every file
     under a backup's real name at every destination is whole (a manifest's payload matches it; a
