@@ -56,10 +56,13 @@ def json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
+DQLITE_SHAPES = ("microk8s", "k8s-snap")  # the lab's MicroK8s-shaped members (lab/microk8s.py)
+
+
 def etcd_variant(variant: str | None) -> tuple[str | None, bool | None]:
     """"3.5+tls" -> ("3.5", True); "3.4" -> ("3.4", False); None (or a dqlite shape such as
-    "microk8s") -> the environment's (None, None)."""
-    if not variant or variant == "microk8s":
+    "microk8s" or "k8s-snap") -> the environment's (None, None)."""
+    if not variant or variant in DQLITE_SHAPES:
         return None, None
     version, _sep, tls = variant.partition("+")
     return version, tls == "tls"
@@ -72,10 +75,10 @@ def lab(request):
     Its etcd is the one QRLAB_ETCD_VERSION and QRLAB_ETCD_TLS ask for (default 3.4, no TLS);
     a test parametrized indirectly with a variant such as "3.5" or "3.5+tls" gets a lab of its
     own with that etcd (the module's other lab is taken down first: one lab at a time); with
-    "microk8s", a lab whose dqlite members are MicroK8s-shaped (lab/microk8s.py) instead."""
+    "microk8s" or "k8s-snap", a lab whose dqlite members have that shape (lab/microk8s.py) instead."""
     variant = getattr(request, "param", None)
     version, tls = etcd_variant(variant)
-    the_lab = lab_class("microk8s" if variant == "microk8s" else None)(etcd_version=version, etcd_tls=tls)
+    the_lab = lab_class(variant if variant in DQLITE_SHAPES else None)(etcd_version=version, etcd_tls=tls)
     try:
         the_lab.up(3, keys=1000)
         yield the_lab

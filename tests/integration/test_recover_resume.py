@@ -279,6 +279,8 @@ SWEEPS = [pytest.param("dqlite", None, "spread", id="dqlite-spread"),
           pytest.param("etcd", None, "spread", id="etcd-spread"),
           pytest.param("etcd", None, "full", marks=pytest.mark.full, id="etcd-full"),
           pytest.param("microk8s", "microk8s", "spread", marks=pytest.mark.full, id="microk8s-spread"),
+          # the same chain on the k8s-snap layout (recover_flavor k8s-snap as shipped)
+          pytest.param("microk8s", "k8s-snap", "spread", marks=pytest.mark.full, id="k8s-snap-spread"),
           # LXD's spread (a real LXD cluster beside the others, ~9 min under load) is over CI's budget:
           # CI runs test_lxd_recover's power cut (check mode, one reconfigure, second run) instead
           pytest.param("lxd", None, "spread", marks=pytest.mark.full, id="lxd-spread"),
