@@ -104,8 +104,11 @@ def _second_run_changes_nothing(lab):
 def _partitioned_member_does_not_win(lab):
     hosts = lab.up(3, keys=500)
     h1, h2, h3 = hosts
+    majority = {(_status(lab, h) or {}).get("header", {}).get("member_id") for h in (h1, h2)}
     lab.partition(h3)
-    lab._wait(lambda: (_status(lab, h1) or {}).get("leader") not in (None, 0), 60, "a leader on the majority side")
+    # a leader ON the majority side: right after the cut h1 may still name h3, the old leader, and
+    # a write then times out ("possibly due to previous leader failure")
+    lab._wait(lambda: (_status(lab, h1) or {}).get("leader") in majority - {None}, 60, "a leader on the majority side")
     acked = _write_acked(lab, h1)  # acknowledged while h3 is cut off
     time.sleep(3)  # h3, alone, campaigns: its HardState term rises above every log term
     lab.power_off("etcd")
