@@ -11,8 +11,8 @@ checks payloads from the newest verified one down, stopping at the first that ch
 a named backup, at that one): only what is needed is read. On the controller `choose` merges the
 destinations' answers: a payload that fails its check at one destination may be whole at another;
 one that fails everywhere is named in a warning and the previous one is taken.
-(The backup catalog, module_utils/backup_catalog.py, lists backups for status and retention;
-this is only the restore's choice.)
+The folder is read as the backup catalog (module_utils/backup_catalog.py) reads it for status and
+retention; this adds only the restore's choice.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tarfile
 
+from ansible_collections.quorum.recovery.plugins.module_utils import backup_catalog as bc
 from ansible_collections.quorum.recovery.plugins.module_utils import backup_payload as bp
 from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
 
@@ -36,32 +37,17 @@ def verified(manifest: dict) -> bool:
     return ((manifest.get("verified") or {}).get("result")) == "ok"
 
 
-def list_folder(folder: str) -> tuple[dict, list]:
-    """{name: manifest} of the backups in folder (orphans and partial writes are no candidates),
-    and a sentence per manifest that cannot be read."""
-    found: dict = {}
-    unreadable: list = []
-    try:
-        names = sorted(os.listdir(folder))
-    except OSError:
-        return found, unreadable
-    for file_name in names:
-        if not file_name.endswith(".json") or not bp.NAME_RE.match(file_name[:-5]):
-            continue  # orphan-NAME.json, .NAME.*.partial-PID: never chosen
-        try:
-            manifest = bp.read_manifest(os.path.join(folder, file_name))
-        except bp.PayloadError as exc:
-            unreadable.append(str(exc))
-            continue
-        found[manifest["name"]] = manifest
-    return found, unreadable
-
-
 def walk(folder: str, wanted: str, progress=None) -> dict:
     """At one destination: every manifest, and the payload checks made from the newest verified
     backup down to the first that checks out (wanted=newest) or to the named one.
     checked: {name: None (whole) or the error}."""
-    manifests, unreadable = list_folder(folder)
+    # the catalog's reading of the folder (module_utils/backup_catalog.py): orphans, partial writes
+    # and manifests that do not validate are no candidates
+    folder = os.path.abspath(folder)
+    engine_dir = os.path.dirname(folder)
+    catalog = bc.read_catalog(os.path.dirname(engine_dir), os.path.basename(engine_dir), os.path.basename(folder))
+    manifests = {b.name: b.manifest for b in catalog.backups if not b.orphan}
+    unreadable = [entry["error"] for entry in catalog.invalid]
     checked: dict = {}
     for manifest in sorted(manifests.values(), key=lambda m: -int(m.get("counter") or 0)):
         if not verified(manifest) and manifest["name"] != wanted:

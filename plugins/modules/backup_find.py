@@ -70,6 +70,7 @@ folder:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.quorum.recovery.plugins.module_utils import backup_catalog as bc
 from ansible_collections.quorum.recovery.plugins.module_utils import backup_choice
 
 
@@ -78,7 +79,11 @@ def main():
         argument_spec=dict(folder=dict(type="path", required=True), wanted=dict(type="str", default="newest")),
         supports_check_mode=True,
     )
-    module.exit_json(changed=False, **backup_choice.walk(module.params["folder"], module.params["wanted"]))
+    try:
+        found = backup_choice.walk(module.params["folder"], module.params["wanted"])
+    except bc.CatalogError as exc:
+        module.fail_json(msg="folder=%s: %s" % (module.params["folder"], exc))
+    module.exit_json(changed=False, **found)
 
 
 if __name__ == "__main__":

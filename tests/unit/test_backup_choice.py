@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -16,10 +17,14 @@ from ansible_collections.quorum.recovery.plugins.module_utils import election
 def _backup(folder, tmp_path, counter, verified="ok", recipients=None, data=None):
     src = tmp_path / ("snap-%d.db" % counter)
     src.write_bytes(data or os.urandom(4096))
-    name = bp.backup_name("etcd", "etcd", counter, 1764648000 + counter * 3600)
+    created = 1764648000 + counter * 3600
+    name = bp.backup_name("etcd", "etcd", counter, created)
     return bp.write_backup(str(folder), name, [{"src": str(src), "name": "snapshot.db"}],
-                           {"counter": counter, "verified": {"result": verified} if verified else None,
-                            "position": {"term": 2, "index": 100 * counter}}, recipients=recipients)
+                           {"counter": counter, "verified": {"result": verified, "how": "test", "at": "now"}
+                            if verified else None, "position": {"term": 2, "index": 100 * counter},
+                            "cluster": "etcd", "engine": "etcd", "cluster_id": "9bef102e7ff8238a", "flavor": "etcd",
+                            "engine_version": "3.4.23", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
+                            "created_epoch": created, "source": {"host": "h1"}}, recipients=recipients)
 
 
 def _flip(path, offset):
@@ -31,7 +36,7 @@ def _flip(path, offset):
 
 
 def test_newest_verified_whole_backup_is_chosen_and_a_damaged_one_is_skipped_by_name(tmp_path):
-    store = tmp_path / "store"
+    store = tmp_path / "store" / "etcd" / "etcd"  # DEST/CLUSTER/ENGINE, as backups are kept
     first, second, third = (_backup(store, tmp_path, n) for n in (1, 2, 3))
     unverified = _backup(store, tmp_path, 4, verified="failed")
     assert bc.choose({"h4": bc.walk(str(store), "newest")}, "newest")["name"] == third["name"]
@@ -43,8 +48,8 @@ def test_newest_verified_whole_backup_is_chosen_and_a_damaged_one_is_skipped_by_
     assert any(third["name"] in w and "DAMAGED" in w and second["name"] in w for w in chosen["warnings"])
     assert chosen["newest"] == third["name"] and unverified["name"] not in chosen["newer"]
     # the same backup whole at another destination is used from there, and said
-    other = tmp_path / "controller"
-    other.mkdir()
+    other = tmp_path / "controller" / "etcd" / "etcd"
+    other.mkdir(parents=True)
     for file_name in (third["payload"]["file"], third["name"] + ".json"):
         (other / file_name).write_bytes((store / file_name).read_bytes())
     _flip(other / third["payload"]["file"], third["payload"]["size"] // 2)  # the copy there is the whole one
@@ -60,7 +65,7 @@ def test_newest_verified_whole_backup_is_chosen_and_a_damaged_one_is_skipped_by_
 
 
 def test_refusals_name_the_input(tmp_path):
-    store = tmp_path / "store"
+    store = tmp_path / "store" / "etcd" / "etcd"  # DEST/CLUSTER/ENGINE, as backups are kept
     with pytest.raises(bc.ChoiceError, match="recover_from_backup=newest: no verified backup"):
         bc.choose({"h4": bc.walk(str(store), "newest")}, "newest")
     only = _backup(store, tmp_path, 1)
@@ -78,7 +83,7 @@ def test_open_plain_and_encrypted_and_a_wrong_or_missing_identity_writes_nothing
                                check=True).stdout.strip()
     wrong = subprocess.run(["age-keygen"], capture_output=True, text=True, check=True).stdout
     data = os.urandom(200000)
-    store = tmp_path / "store"
+    store = tmp_path / "store" / "etcd" / "etcd"  # DEST/CLUSTER/ENGINE, as backups are kept
     plain = _backup(store, tmp_path, 1, data=data)
     sealed = _backup(store, tmp_path, 2, recipients=[recipient], data=data)
     out = bc.open_payload(str(store / plain["payload"]["file"]), plain, str(tmp_path / "p"))
