@@ -136,3 +136,17 @@ def node_differs(path: str, content: str) -> bool:
         return True
     want = parse_nodes(content)
     return [(i, a) for i, a, _r in have] != [(i, a) for i, a, _r in want]
+
+
+def reconfigured(facts: dict, membership: list, index: int) -> bool:
+    """Whether a directory's facts (dqlite_datadir, quick) end with the reconfigure to
+    `membership`: a term-1 configuration entry at `index` listing exactly those servers."""
+    want = sorted((int(s["id"]), s["address"], s["role"]) for s in membership)
+    log = facts.get("log") or {}
+    if log.get("last_index") != index or log.get("last_term") != 1:
+        return False
+    for segment in facts.get("segments", []):
+        for change in segment.get("changes", []):
+            if change["index"] == index and isinstance(change["servers"], list):
+                return sorted((s["id"], s["address"], s["role"]) for s in change["servers"]) == want
+    return False

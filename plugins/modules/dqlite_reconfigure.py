@@ -133,11 +133,18 @@ from ansible_collections.quorum.recovery.plugins.module_utils import datadir_arc
 
 
 def raft_files(facts):
-    """What a restored member needs from this one: every snapshot with its .meta, and the closed
-    segments raft loads (the open ones hold nothing after a reconfigure, which closes its segment)."""
+    """What a restored member needs from this one: every snapshot with its .meta, the closed
+    segments raft loads (the open ones hold nothing after a reconfigure, which closes its segment),
+    and this member's metadata1/metadata2, which a restored member takes only when it has no sound
+    pair of its own (dqlite_restore keeps its own term and vote): a member whose data directory
+    was lost whole would otherwise start with none, and the go-dqlite app bootstraps the node with
+    the bootstrap ID when it has none."""
     snapshots = facts.get("snapshots") or []
+    metadata = sorted(name for name, parsed in ((facts.get("metadata") or {}).get("files") or {}).items()
+                      if "error" not in parsed)
     return ([s["file"] for s in snapshots if s.get("file")] + [s["meta_file"] for s in snapshots if s.get("meta_file")]
-            + [s["file"] for s in facts.get("segments") or [] if s["kind"] == "closed" and not s.get("ignored")])
+            + [s["file"] for s in facts.get("segments") or [] if s["kind"] == "closed" and not s.get("ignored")]
+            + metadata)
 
 
 def _write_app_files(module, path, membership, member_id):
@@ -181,19 +188,6 @@ def _lxd_own_address(module, path, membership, member_id):
     return ["local.db"] if changes else []
 
 
-def _done(facts, membership, index):
-    """Whether the directory ends with this reconfigure: a term-1 change at `index`."""
-    want = sorted((int(s["id"]), s["address"], s["role"]) for s in membership)
-    log = facts.get("log") or {}
-    if log.get("last_index") != index or log.get("last_term") != 1:
-        return False
-    for segment in facts.get("segments", []):
-        for change in segment.get("changes", []):
-            if change["index"] == index and isinstance(change["servers"], list):
-                return sorted((s["id"], s["address"], s["role"]) for s in change["servers"]) == want
-    return False
-
-
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -222,7 +216,7 @@ def main():
     segment = "%016d-%016d" % (expected + 1, expected + 1)
     if facts["running"]["running"]:
         module.fail_json(msg="dqlite is running on %s (%s); stop it first" % (path, facts["running"]["evidence"]))
-    if _done(facts, membership, expected + 1):
+    if dqlite_plan.reconfigured(facts, membership, expected + 1):
         written = _write_app_files(module, path, membership, module.params["member_id"])
         written += _lxd_own_address(module, path, membership, module.params["member_id"])
         module.exit_json(changed=bool(written), already_done=True, segment=segment, raft_files=raft_files(facts),
@@ -255,7 +249,7 @@ def main():
     rc, out, err = module.run_command(argv, data=text if module.params["stdin"] else None,
                                       binary_data=True)
     after = dqlite_datadir.inspect_datadir(path, "quick", identity=identity)
-    if rc != 0 or not _done(after, membership, expected + 1):
+    if rc != 0 or not dqlite_plan.reconfigured(after, membership, expected + 1):
         module.fail_json(msg="the reconfigure command %s did not append %s with the new membership (rc %d): %s"
                          % (argv, segment, rc, (err or out).strip()), stdout=out, stderr=err, member=after)
     written = _write_app_files(module, path, membership, module.params["member_id"])

@@ -17,7 +17,13 @@ description:
     unpacks the winner's raft files, and writes the new C(cluster.yaml).
   - Idempotent. When the directory already holds exactly the archive's files (same names and
     sha256) and the wanted C(cluster.yaml), nothing changes.
-  - The member must be stopped.
+  - The member must be stopped. A member whose data directory was lost whole gets it again (mode
+    C(0700); its parent must exist), and its C(info.yaml) from the plan.
+  - With O(stage=backup) the archive is a backup's raft files (made on the controller from a
+    backup, docs/backup-format.md) put on the member that rebuilds the cluster from it, BEFORE its
+    reconfigure: the directory must then end at O(expected_last_index) with the backup's last
+    term. When it already holds the reconfigure to O(membership) (at O(expected_last_index) + 1),
+    the backup was put there by an earlier run and nothing changes.
   - Two runs on the same O(path) never work at once (they lock that folder). A run waits for an
     earlier one that is still working (an asynchronous run left behind by an interrupted
     playbook), then finds the directory restored and changes nothing. Unpacked copies that a
@@ -92,6 +98,17 @@ options:
     type: str
     choices: [app, lxd-local-db]
     default: app
+  stage:
+    description:
+      - V(restored) (the other members, from the winner's archive after its reconfigure) checks
+        that the directory ends at O(expected_last_index) with the reconfigure's term-1 entry and
+        holds O(membership).
+      - V(backup) (the winner, from a backup's raft files before its reconfigure) checks that it
+        ends at O(expected_last_index) and is healthy, and recognises a directory the reconfigure
+        already followed.
+    type: str
+    choices: [restored, backup]
+    default: restored
 """
 
 EXAMPLES = r"""
@@ -130,6 +147,14 @@ progress:
   type: list
   elements: dict
   sample: [{"phase": "verify", "bytes": 301989888, "seconds": 3.1}, {"phase": "extract", "bytes": 301989888, "seconds": 9.8}]
+created:
+  description: The data directory, when it was lost whole and made again.
+  returned: when it was made
+  type: str
+already_reconfigured:
+  description: With O(stage=backup), true when the directory already held the reconfigure that follows the backup.
+  returned: when it did
+  type: bool
 local_db:
   description: With O(identity=lxd-local-db), what was set in LXD's C(local.db) (C(raft_nodes), C(config)).
   returned: when it changed
@@ -160,6 +185,23 @@ class _Refused(Exception):
     def __init__(self, msg, **facts):
         super().__init__(msg)
         self.facts = facts
+
+
+def _data_dir(module, path):
+    """The member's data directory; one lost whole is made again (its parent must exist: a parent
+    that is missing too says the path is wrong, not that the data is gone). Returns whether it
+    was (or, in check mode, would be) made."""
+    if os.path.isdir(path):
+        return False
+    parent = os.path.dirname(path)
+    if os.path.lexists(path) or not os.path.isdir(parent):
+        module.fail_json(msg="path %s is not a directory%s; nothing was changed" % (
+            path, "" if os.path.lexists(path) else " and its parent %s does not exist either (is the data "
+                                                   "directory right?)" % parent))
+    if not module.check_mode:
+        os.mkdir(path, 0o700)
+        arch.fsync_dir(parent)
+    return True
 
 
 def _current(path, node_local, progress, phase):
@@ -221,6 +263,10 @@ def _check(path, p):
     found = []
     if facts["verdict"] != "healthy":
         found.append("verdict %s" % facts["verdict"])
+    if p["stage"] == "backup":  # before the reconfigure: the backup's own position and membership
+        if log.get("last_index") != p["expected_last_index"]:
+            found.append("last index %s (want %d)" % (log.get("last_index"), p["expected_last_index"]))
+        return facts, found
     if (log.get("last_term"), log.get("last_index")) != (1, p["expected_last_index"]):
         found.append("last term/index %s/%s (want 1/%d)" % (log.get("last_term"), log.get("last_index"),
                                                             p["expected_last_index"]))
@@ -294,6 +340,7 @@ def main():
             expected_last_index=dict(type="int", required=True),
             aside_dir=dict(type="path", required=True),
             identity=dict(type="str", choices=["app", "lxd-local-db"], default="app"),
+            stage=dict(type="str", choices=["restored", "backup"], default="restored"),
             **prog.PROGRESS_OPTIONS
         ),
         supports_check_mode=True,
@@ -305,10 +352,16 @@ def main():
     if not own:
         module.fail_json(msg="member_id=%d is not in the membership %s" % (p["member_id"], p["membership"]))
     p["cluster_yaml"], p["info_yaml"] = dqlite_plan.node_yaml(p["membership"]), dqlite_plan.info_yaml(own[0])
-    if not os.path.isdir(path):
-        module.fail_json(msg="path %s is not a directory" % path)
+    created = _data_dir(module, path)
+    if created and module.check_mode:
+        module.exit_json(changed=True, created=path, moved_aside=[], restored=[], aside=None, progress=[])
     if dqlite_datadir.is_running(path)["running"]:
         module.fail_json(msg="dqlite is running on %s; stop it first" % path)
+    if p["stage"] == "backup":
+        facts = dqlite_datadir.inspect_datadir(path, "quick", identity=p["identity"])
+        if dqlite_plan.reconfigured(facts, p["membership"], p["expected_last_index"] + 1):
+            module.exit_json(changed=False, moved_aside=[], restored=[], aside=None, already_reconfigured=True,
+                             progress=[])
     progress = prog.Progress.for_module(module)
     try:
         with arch.locked(path, progress.waiting, min(progress.interval, 1.0)) as waited:
@@ -336,6 +389,8 @@ def main():
             module.fail_json(msg="%s does not match the winner after the restore: %s; the replaced files are in %s"
                              % (path, ", ".join(found), result.get("aside") or p["aside_dir"]),
                              progress=progress.summary(), summary=facts.get("summary"), **result)
+    if created:
+        result.update(changed=True, created=path)
     module.exit_json(progress=progress.summary(), **result)
 
 

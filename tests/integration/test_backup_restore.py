@@ -6,16 +6,21 @@ Whole-cluster loss = every member's etcd killed (power off) and its data moved a
 directory is a bind mount inside the host (it cannot be renamed there), so its content (member/)
 is moved out of it on the lab's side; the member then has an empty data directory, no log.
 
+The same for dqlite (the lab's go-dqlite app members, flavor go-dqlite-app): every member's
+data directory (raft files AND node-local info.yaml/cluster.yaml) moved away whole; the backup's
+raft files are put on the winner, which is reconfigured once, and the others restored from it.
+
 CI tier: the whole-cluster loss recovered from the newest off-node backup and a re-run with nothing
-to do (tests/unit/test_backup_choice.py covers the rollback refusal of the plan in CI). Full tier:
-a rollback refused with nothing changed, a corrupted newest backup skipped for the previous one,
-and an encrypted backup (wrong and missing identity refused with nothing changed, the right one
-restores).
+to do, etcd and dqlite (tests/unit/test_backup_choice.py covers the rollback refusal of the plan in
+CI). Full tier: a rollback refused with nothing changed (etcd and dqlite), a corrupted newest
+backup skipped for the previous one (etcd and dqlite), and an encrypted backup (wrong and missing
+identity refused with nothing changed, the right one restores).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -23,7 +28,7 @@ import pytest
 
 from conftest import REPO, fingerprint, run_ansible
 from lab import Lab
-from lab.base import ETCD_DIR
+from lab.base import DQLITE_DIR, ETCD_DIR
 # blab: test_backup's lab fixture (3 etcd members and the backup host h4), used here by name
 from test_backup import STATE, STORE, SUBDIR, backup, blab, manifests  # noqa: F401  # pylint: disable=unused-import
 
@@ -161,3 +166,129 @@ def test_encrypted_backup_wrong_identity_refused_right_one_restores(blab, tmp_pa
     proc = recover(blab, tmp_path, "recover_from_backup=newest", {"recover_backup_identity": identity.read_text()})
     assert "AGE-SECRET-KEY" not in proc.stdout + proc.stderr
     assert_restored(blab, manifest, proc.stdout)
+
+
+# ------------------------------------------------------------------------------------------ dqlite
+DQ_SUBDIR = "dqlite/dqlite"  # the cluster is named after the inventory group
+
+
+def _dq_store(lab: Lab):
+    return lab.host("h4").real_path(STORE + "/" + DQ_SUBDIR)
+
+
+def dq_recover(lab: Lab, tmp_path, *extra, check=True):
+    args = ["-e", "recover_confirm=yes", "-e", "recover_controller_dir=%s" % (tmp_path / "controller")]
+    for item in extra:
+        args += ["-e", item if isinstance(item, str) else json.dumps(item)]
+    return run_ansible("ansible-playbook", REPO / "playbooks" / "recover.yml", *args,
+                       inventory=lab.inventory_path, check=check)
+
+
+def dq_take_backup(lab: Lab) -> dict:
+    before = set(manifests(_dq_store(lab)))
+    run_ansible("ansible-playbook", REPO / "playbooks" / "backup.yml", inventory=lab.inventory_path)
+    new = sorted(n for n in set(manifests(_dq_store(lab))) - before if not n.startswith("orphan-"))
+    assert len(new) == 1, new
+    return manifests(_dq_store(lab))[new[0]]
+
+
+def dq_lose_every_member(lab: Lab) -> dict:
+    """Power off every dqlite member and move its whole data directory away (raft files and the
+    app's info.yaml and cluster.yaml: nothing of the member is left). Kept on the lab's side."""
+    lab.power_off("dqlite")
+    moved = {}
+    for host in lab.hosts():
+        data = host.real_path(host.dqlite_data_dir)
+        moved[host.name] = "%s-lost-%d" % (data, time.time_ns())
+        os.rename(data, moved[host.name])
+        assert not data.exists()
+    return moved
+
+
+def dq_rows(lab: Lab, host) -> int:
+    proc = lab.exec(host, ["dqlite", "-s", host.dqlite_address, "demo", "SELECT COUNT(*) FROM model"], check=False,
+                    timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout.strip().splitlines()[-1])
+
+
+def dq_assert_restored(lab: Lab, manifest: dict, out: str) -> None:
+    assert "backup %s" % manifest["name"] in out
+    assert "recovery r" in out and ": COMPLETE" in out, out[-3000:]
+    hosts = lab.hosts()
+    nodes = lab.dqlite_nodes(hosts[0])
+    assert sorted(n["Address"] for n in nodes) == sorted(h.dqlite_address for h in hosts), nodes
+    assert sorted(str(n["ID"]) for n in nodes) == sorted(str(m["id"]) for m in manifest["membership"])
+    for host in hosts:
+        assert lab.check_keys(host, "dqlite", 1000, "key").get("ok"), host.name  # every row the lab wrote, by value
+        assert dq_rows(lab, host) == manifest["verified"]["rows"], host.name  # nothing more, nothing less
+    # a new write through one member is read back through every other
+    lab.client(hosts[1], "dqlite-put", *lab.client_target(hosts[1], "dqlite"), "--prefix", "after-restore",
+               "--count", "3", "--start", "0", "--size", "16")
+    for host in hosts:
+        assert lab.check_keys(host, "dqlite", 3, "after-restore", size=16).get("ok"), host.name
+
+
+def dq_fingerprints(lab: Lab) -> dict:
+    found = {"h4": fingerprint(lab.host("h4").real_path(STORE))}
+    for host in lab.hosts():
+        for path in (DQLITE_DIR, STATE):
+            real = host.real_path(path)
+            found["%s:%s" % (host.name, path)] = fingerprint(real) if real.exists() else {}
+    return found
+
+
+def test_dqlite_whole_cluster_loss_recovered_from_the_newest_off_node_backup(blab, tmp_path):
+    manifest = dq_take_backup(blab)
+    assert manifest["verified"]["result"] == "ok" and manifest["verified"]["rows"] >= 1000
+    dq_lose_every_member(blab)
+    proc = dq_recover(blab, tmp_path, "recover_from_backup=newest")
+    out = proc.stdout
+    assert "restoring backup %s (counter %d" % (manifest["name"], manifest["counter"]) in out
+    assert "from h4:%s" % (STORE + "/" + DQ_SUBDIR) in out
+    dq_assert_restored(blab, manifest, out)
+    journal = json.loads(blab.host("h1").real_path(STATE + "/journal.json").read_text())
+    assert journal["plan"]["source"]["step"] == "backup" and journal["plan"]["source"]["backup"] == manifest["name"]
+    assert journal["status"] == "complete"
+    # the backup's raft files went to the winner only, and the reconfigure ran there only, once
+    winner = journal["plan"]["winner"]
+    for task in ("Put the backup's raft files in the winner's data directory", "Reconfigure ONCE"):
+        section = out.split("TASK [quorum.recovery.recover : %s" % task, 1)[1].split("\nTASK [", 1)[0]
+        assert re.findall(r"^(?:changed|ok): \[(\w+)", section, re.M) == [winner], (task, section)
+    again = dq_recover(blab, tmp_path, "recover_from_backup=newest").stdout
+    assert "nothing to do" in again and "restoring backup" not in again
+
+
+@pytest.mark.full
+def test_dqlite_rollback_without_confirmation_is_refused_and_changes_nothing(blab, tmp_path):
+    newest = dq_take_backup(blab)
+    hosts = blab.hosts()
+    blab.client(hosts[0], "dqlite-put", *blab.client_target(hosts[0], "dqlite"), "--prefix", "after-backup",
+                "--count", "5", "--start", "0", "--size", "16")
+    for host in hosts:  # stopped first: a running member changes its own files whatever the run does
+        blab.service(host, "dqlite", "stop")
+    before = dq_fingerprints(blab)
+    try:
+        proc = dq_recover(blab, tmp_path, "recover_from_backup=newest", check=False)
+        assert proc.returncode != 0
+        assert "restoring backup %s is a ROLLBACK" % newest["name"] in proc.stdout, proc.stdout[-3000:]
+        assert "would be LOST" in proc.stdout
+        assert "recover_confirm_rollback=%s" % newest["name"] in proc.stdout
+        assert dq_fingerprints(blab) == before
+    finally:
+        blab.start_dqlite(hosts)
+    for host in hosts:
+        assert blab.check_keys(host, "dqlite", 5, "after-backup", size=16).get("ok"), host.name
+
+
+@pytest.mark.full
+def test_dqlite_corrupted_newest_backup_is_skipped_for_the_previous_one(blab, tmp_path):
+    previous = dq_take_backup(blab)
+    newest = dq_take_backup(blab)
+    payload = STORE + "/" + DQ_SUBDIR + "/" + newest["payload"]["file"]
+    blab.corrupt(blab.host("h4"), payload, offset=newest["payload"]["size"] // 2, flip=1)
+    dq_lose_every_member(blab)
+    out = dq_recover(blab, tmp_path, "recover_from_backup=newest").stdout
+    assert "WARNING: backup %s is DAMAGED" % newest["name"] in out, out[-3000:]
+    assert "previous verified backup %s is restored instead" % previous["name"] in out
+    dq_assert_restored(blab, previous, out)
