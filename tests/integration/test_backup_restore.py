@@ -276,7 +276,7 @@ def test_dqlite_rollback_without_confirmation_is_refused_and_changes_nothing(bla
         assert "recover_confirm_rollback=%s" % newest["name"] in proc.stdout
         assert dq_fingerprints(blab) == before
     finally:
-        blab.start_dqlite(hosts)
+        blab.start_all(hosts, "dqlite")  # together: a restarted member waits for a quorum before it serves
     for host in hosts:
         assert blab.check_keys(host, "dqlite", 5, "after-backup", size=16).get("ok"), host.name
 
