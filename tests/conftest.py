@@ -61,8 +61,8 @@ DQLITE_SHAPES = ("microk8s", "k8s-snap")  # the lab's MicroK8s-shaped members (l
 
 def etcd_variant(variant: str | None) -> tuple[str | None, bool | None]:
     """"3.5+tls" -> ("3.5", True); "3.4" -> ("3.4", False); None (or a dqlite shape such as
-    "microk8s" or "k8s-snap") -> the environment's (None, None)."""
-    if not variant or variant in DQLITE_SHAPES:
+    "microk8s" or "k8s-snap", or "backup": the lab with a backup host h4) -> the environment's (None, None)."""
+    if not variant or variant in DQLITE_SHAPES or variant == "backup":
         return None, None
     version, _sep, tls = variant.partition("+")
     return version, tls == "tls"
@@ -80,7 +80,7 @@ def lab(request):
     version, tls = etcd_variant(variant)
     the_lab = lab_class(variant if variant in DQLITE_SHAPES else None)(etcd_version=version, etcd_tls=tls)
     try:
-        the_lab.up(3, keys=1000)
+        the_lab.up(3, keys=1000, backup_host=variant == "backup")
         yield the_lab
     finally:
         the_lab.down()

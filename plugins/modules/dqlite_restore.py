@@ -21,7 +21,7 @@ description:
     C(0700); its parent must exist), and its C(info.yaml) from the plan.
   - With O(stage=backup) the archive is a backup's raft files (made on the controller from a
     backup, docs/backup-format.md) put on the member that rebuilds the cluster from it, BEFORE its
-    reconfigure: the directory must then end at O(expected_last_index) with the backup's last
+    reconfigure; the directory must then end at O(expected_last_index) with the backup's last
     term. When it already holds the reconfigure to O(membership) (at O(expected_last_index) + 1),
     the backup was put there by an earlier run and nothing changes.
   - Two runs on the same O(path) never work at once (they lock that folder). A run waits for an

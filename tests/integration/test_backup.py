@@ -125,6 +125,7 @@ def test_backup_through_ansible_runner_as_awx_does(blab, tmp_path):
     assert "backup %s (counter %d)" % (name, manifest["counter"]) in stdout
 
 
+@pytest.mark.full  # CI: test_backup_restore's dqlite whole-cluster loss takes and checks the same backup
 def test_dqlite_backup_of_a_running_member_started_alone_and_read_back(blab):
     """backup.yml on the dqlite group (go-dqlite-app flavor): a consistent copy of the running
     elected member, started alone on loopback with every row the lab loaded read back, kept at h4."""
