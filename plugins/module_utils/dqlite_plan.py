@@ -58,6 +58,13 @@ def source(winner: str, summary: dict, position: tuple, options: dict | None = N
     return out
 
 
+def backup_source(source: dict) -> dict:
+    """A backup as the source (election._backup_plan): the winner receives its raft files, then
+    the same reconfigure appends one entry after the backup's last index."""
+    last_index = source["expected_last_index"]
+    return dict(source, segment=segment_name(last_index + 1, last_index + 1))
+
+
 def actions(part: str, winner: str, source: dict, new_address: str | None, repairs: list | None) -> list:
     """One host's part of the recovery, in words, in the order it happens."""
     done = ["stop", "safety archive"]

@@ -540,6 +540,7 @@ def _backup_plan(engine, members, backup, lost=(), winner=None, addresses=None, 
     source = {"host": chosen, "step": "backup", "backup": name, "counter": backup.get("counter"),
               "expected_last_index": at[1], "term": at[0]}
     source.update({k: bpos[k] for k in ("revision", "keys") if k in bpos})
+    source = hooks.backup_source(source)
     losses = {h: "nothing: every member is rebuilt from backup %s" % name for h in members if h != chosen}
     return _assemble(engine, members, chosen, membership, lost_members, source, current, verdicts, pos,
                      why, warnings, losses, {})

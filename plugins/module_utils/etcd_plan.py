@@ -32,6 +32,12 @@ def roles(order: list, old_roles: dict, max_voters: int) -> dict:
     return {host: "voter" for host in order}
 
 
+def backup_source(source: dict) -> dict:
+    """A backup as the source (election._backup_plan): its snapshot is the winner's source.db, as
+    the plan says it; nothing engine-specific to add."""
+    return source
+
+
 def source(winner: str, summary: dict, position: tuple, options: dict | None = None) -> dict:
     """The winner's whole log replayed (default), or, on the operator's opt-in (raw_db), its db as
     it is: then the entries beyond the db are lost, and the plan names them."""

@@ -127,3 +127,26 @@ def test_plan_from_a_backup_maps_hosts_by_address_and_refuses_a_rollback_unless_
         election.make_plan("etcd", {"h1": MISSING, "h2": MISSING}, backup=BACKUP)
     lost = election.make_plan("etcd", {"h1": MISSING, "h2": MISSING}, lost=["m3"], backup=BACKUP)
     assert [m["host"] for m in lost["membership"]] == ["h2", "h1"] and lost["lost"][0]["id"] == "a3"
+
+
+def test_dqlite_plan_from_a_backup_names_the_reconfigure_after_the_backup_and_each_part():
+    """dqlite: the winner receives the backup's raft files and appends the reconfigure segment at
+    the backup's index + 1 (the same N-N every dqlite recovery names); hosts map to the backup's
+    members by their dqlite address (recover_address), whatever their data says."""
+    backup = dict(BACKUP, name="dqlite-dqlite-0000000003-20261202T040000Z", cluster_id="1,2,3",
+                  position={"term": 4, "index": 2040},
+                  membership=[{"id": str(i), "address": "10.0.0.%d:9001" % i, "role": "voter"} for i in (1, 2, 3)])
+    missing = dict(MISSING, engine="dqlite")
+    hosts = {"h%d" % i: "10.0.0.%d:9001" % i for i in (1, 2, 3)}
+    plan = election.make_plan("dqlite", {h: missing for h in hosts}, backup=backup, hosts=hosts)
+    assert plan["source"]["step"] == "backup" and plan["source"]["segment"] == "%016d-%016d" % (2041, 2041)
+    assert plan["winner"] == "h2"  # the backup's source host
+    assert {m["host"]: int(m["id"]) for m in plan["membership"]} == {"h1": 1, "h2": 2, "h3": 3}
+    winner = plan["parts"]["h2"]["actions"]
+    assert any("receive backup %s's raft files" % backup["name"] in a for a in winner), winner
+    assert any("restore h2's raft files" in a for a in plan["parts"]["h1"]["actions"])
+    # a member ahead of the backup: a rollback, refused unless confirmed
+    ahead = {"exists": True, "verdict": "healthy", "engine": "dqlite", "last_term": 4, "last_index": 2050,
+             "problems": [], "member_id": 1, "address": "10.0.0.1:9001"}
+    with pytest.raises(election.PlanRefused, match="entries 2041-2050 would be LOST"):
+        election.make_plan("dqlite", dict({h: missing for h in hosts}, h1=ahead), backup=backup, hosts=hosts)
