@@ -295,6 +295,7 @@ def _timer(tmp_path, *extra, check=True):
                        inventory=REPO / "tests" / "integration" / "localhost.ini", check=check)
 
 
+@pytest.mark.full  # ~2 min; CI keeps the timer's input and calendar checks (the test below)
 def test_systemd_timer_units_are_checked_installed_and_run_a_real_backup(blab, tmp_path):
     """backup_timer.yml writes units that systemd-analyze accepts; the service's own command line,
     run as systemd would run it (its Environment= and ExecStart=), takes a verified backup."""
