@@ -79,6 +79,14 @@ def assert_restored(lab: Lab, manifest: dict, out: str) -> None:
         assert sorted(m["name"] for m in lab.etcd_members(host)) == ["h1", "h2", "h3"]
 
 
+def assert_rollback_refused(proc, newest: dict) -> None:
+    """The run failed saying the restore is a rollback, what would be lost, and how to confirm it."""
+    assert proc.returncode != 0
+    assert "restoring backup %s is a ROLLBACK" % newest["name"] in proc.stdout, proc.stdout[-3000:]
+    assert "would be LOST" in proc.stdout
+    assert "recover_confirm_rollback=%s" % newest["name"] in proc.stdout
+
+
 def fingerprints(lab: Lab) -> dict:
     found = {"h4": fingerprint(lab.host("h4").real_path(STORE))}
     for host in lab.hosts():
@@ -98,11 +106,7 @@ def test_rollback_without_confirmation_is_refused_and_changes_nothing(blab, tmp_
         blab.service(host, "etcd", "stop")
     before = fingerprints(blab)
     try:
-        proc = recover(blab, tmp_path, "recover_from_backup=newest", check=False)
-        assert proc.returncode != 0
-        assert "restoring backup %s is a ROLLBACK" % newest["name"] in proc.stdout, proc.stdout[-3000:]
-        assert "would be LOST" in proc.stdout
-        assert "recover_confirm_rollback=%s" % newest["name"] in proc.stdout
+        assert_rollback_refused(recover(blab, tmp_path, "recover_from_backup=newest", check=False), newest)
         assert fingerprints(blab) == before
     finally:
         blab.start_etcd(blab.hosts())
@@ -274,11 +278,7 @@ def test_dqlite_rollback_without_confirmation_is_refused_and_changes_nothing(bla
         blab.service(host, "dqlite", "stop")
     before = dq_fingerprints(blab)
     try:
-        proc = dq_recover(blab, tmp_path, "recover_from_backup=newest", check=False)
-        assert proc.returncode != 0
-        assert "restoring backup %s is a ROLLBACK" % newest["name"] in proc.stdout, proc.stdout[-3000:]
-        assert "would be LOST" in proc.stdout
-        assert "recover_confirm_rollback=%s" % newest["name"] in proc.stdout
+        assert_rollback_refused(dq_recover(blab, tmp_path, "recover_from_backup=newest", check=False), newest)
         assert dq_fingerprints(blab) == before
     finally:
         blab.start_all(hosts, "dqlite")  # together: a restarted member waits for a quorum before it serves

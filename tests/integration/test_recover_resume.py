@@ -113,13 +113,17 @@ class Dqlite:
     def inventory(self) -> list:
         return ["-i", str(self.lab.inventory_path)]
 
-    def break_cluster(self, number: int) -> None:
-        """Write more keys, then power off every dqlite member (SIGKILL)."""
+    def write_keys(self, number: int) -> None:
+        """The break's keys, through the first host's member; remembered for the checks."""
         host = self.lab.hosts()[0]
         prefix = "brk%d-" % number
         self.lab.client(host, "dqlite-put", *self.lab.client_target(host, "dqlite"), "--prefix", prefix,
                         "--count", str(KEYS_PER_BREAK), "--size", "32")
         self.batches.append((prefix, 0, KEYS_PER_BREAK))
+
+    def break_cluster(self, number: int) -> None:
+        """Write more keys, then power off every dqlite member (SIGKILL)."""
+        self.write_keys(number)
         self.lab.power_off("dqlite")
         self.floor = max(_inspect(h)["log"]["last_index"] for h in self.lab.hosts())
 
@@ -241,11 +245,7 @@ class DqliteFromBackup(Dqlite):
         return ["-i", str(self.lab.inventory_path), "-e", "recover_from_backup=newest"]
 
     def break_cluster(self, number: int) -> None:
-        host = self.lab.hosts()[0]
-        prefix = "brk%d-" % number
-        self.lab.client(host, "dqlite-put", *self.lab.client_target(host, "dqlite"), "--prefix", prefix,
-                        "--count", str(KEYS_PER_BREAK), "--size", "32")
-        self.batches.append((prefix, 0, KEYS_PER_BREAK))
+        self.write_keys(number)
         store = self.lab.host("h4").real_path(self.store)
         before = {p.name for p in store.glob("*.json")} if store.is_dir() else set()
         proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(self.lab.inventory_path), "playbooks/backup.yml"],
