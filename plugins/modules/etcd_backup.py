@@ -100,7 +100,7 @@ key_count:
   returned: always
   type: int
 status:
-  description: What the member said before the save (cluster_id and member_id in hex, term, index, revision, version, leader).
+  description: What the member said before the save (cluster_id and member_id in hex, term, index, revision, version, leader, db_size).
   returned: always
   type: dict
 verified:
@@ -127,25 +127,30 @@ from ansible_collections.quorum.recovery.plugins.module_utils import progress as
 from ansible_collections.quorum.recovery.plugins.module_utils.etcd_scratch import ScratchEtcd, restore_snapshot
 
 SCRATCH_PREFIX = ".etcd-backup-verify-"
+STALL_PROBE = 2.0  # seconds without a new byte of the snapshot before the member is asked if it still answers
 
 
 class _Refused(Exception):
     """A failure whose message is complete."""
 
 
-def _etcdctl(p, *args):
+def _etcdctl_argv(p, *args):
     argv = [os.path.join(p["bin_dir"], "etcdctl"), "--endpoints", p["endpoint"], "--dial-timeout", "5s",
             "--command-timeout", "%ds" % p["timeout"]]
     for key in ("cacert", "cert", "key"):
         if p["tls"].get(key):
             argv += ["--" + key, p["tls"][key]]
+    return argv + list(args)
+
+
+def _etcdctl(p, *args):
     try:
-        proc = subprocess.run(argv + list(args), capture_output=True, text=True, check=False, timeout=p["timeout"] + 30,
+        proc = subprocess.run(_etcdctl_argv(p, *args), capture_output=True, text=True, check=False, timeout=p["timeout"] + 30,
                               env=dict(os.environ, ETCDCTL_API="3"))
     except subprocess.TimeoutExpired:
         raise _Refused("etcdctl %s at %s did not answer within %ds" % (args[0], p["endpoint"], p["timeout"] + 30))
     if proc.returncode:
-        said = (proc.stderr or proc.stdout).strip()[-800:]
+        said = _etcdctl_error(proc.stderr or proc.stdout)
         raise _Refused("etcdctl %s at %s failed (%d): %s" % (" ".join(args[:2]), p["endpoint"], proc.returncode, said))
     return proc.stdout
 
@@ -164,7 +169,7 @@ def member_status(p):
     found = {"cluster_id": "%x" % header.get("cluster_id", 0), "member_id": "%x" % header.get("member_id", 0),
              "term": int(status.get("raftTerm", 0)), "index": int(status.get("raftIndex", 0)),
              "revision": int(header.get("revision", 0)), "version": status.get("version"),
-             "leader": "%x" % status.get("leader", 0)}
+             "leader": "%x" % status.get("leader", 0), "db_size": int(status.get("dbSize", 0))}
     if not status.get("leader"):
         raise _Refused("the member at %s has no leader (%s): no consistent snapshot can be saved from it; nothing "
                        "was written" % (p["endpoint"], found))
@@ -218,11 +223,94 @@ def verify_snapshot(bin_dir, snapshot, work_parent, revision, keys, timeout):
             "details": {"read_back": read, "expected": {"revision": revision, "keys": keys}}}
 
 
+def _size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _etcdctl_error(text):
+    """What etcdctl said went wrong: its Error line and the errors of its JSON log lines, without
+    the rest of the log or a Go stack trace."""
+    said = []
+    for line in (raw.strip() for raw in text.splitlines()):
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("level") in ("warn", "error", "fatal") and record.get("error"):
+                said.append("%s (%s)" % (record.get("msg", ""), record["error"]))
+        elif line.startswith("Error") or "rpc error" in line:
+            said.append(line)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(dict.fromkeys(said) or lines[-3:])[-800:]
+
+
+def _save(p, tmp, progress):
+    """etcdctl snapshot save to tmp, the bytes received as progress. Whenever no byte arrived for
+    STALL_PROBE seconds the member is asked whether it still answers: etcdctl would wait for a
+    member that died (killed, stopped, its host down) until `timeout`, so after two unanswered
+    questions in a row it is ended and the save fails at once, saying that the member went away."""
+    proc = None
+    gone = None
+    got = 0
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(_etcdctl_argv(p, "snapshot", "save", tmp), stdout=subprocess.DEVNULL,  # pylint: disable=consider-using-with
+                                    stderr=err, env=dict(os.environ, ETCDCTL_API="3"))
+            unanswered = 0
+            quiet_since = deadline = time.monotonic()
+            deadline += p["timeout"] + 30
+            while proc.poll() is None:
+                time.sleep(0.25)
+                now = max(_size(tmp + ".part"), _size(tmp))  # etcdctl writes PATH.part, then renames it to PATH
+                if now > got:
+                    progress.advance(now - got)
+                    got, unanswered, quiet_since = now, 0, time.monotonic()
+                elif time.monotonic() > deadline:
+                    gone = "etcdctl snapshot save did not finish within %ds" % (p["timeout"] + 30)
+                elif time.monotonic() - quiet_since >= STALL_PROBE:
+                    quiet_since = time.monotonic()
+                    try:
+                        member_status(dict(p, timeout=5))
+                        unanswered = 0
+                    except _Refused as probe:
+                        unanswered += 1
+                        if unanswered >= 2:
+                            gone = "it answers no more: %s" % probe
+                if gone:
+                    break
+        finally:
+            if proc and proc.poll() is None:
+                proc.kill()  # our own etcdctl, waiting for a member that is gone
+                proc.wait()
+        err.seek(0)
+        said = _etcdctl_error(err.read().decode("utf-8", "replace"))
+    got = max(got, _size(tmp + ".part"), _size(tmp))  # etcdctl removes its .part when it fails
+    if proc.returncode and not gone:
+        try:
+            member_status(dict(p, timeout=5))
+        except _Refused as probe:
+            gone = "etcdctl said: %s; and the member answers no more: %s" % (said, probe)
+    if gone:
+        raise _Refused("the member at %s went away while its snapshot was being saved (%d bytes received): it died, "
+                       "was stopped or lost its leader; %s; the partial snapshot was removed, no backup was written"
+                       % (p["endpoint"], got, gone))
+    if proc.returncode:
+        raise _Refused("etcdctl snapshot save at %s failed (%d) after %d bytes: %s; the partial snapshot was removed, "
+                       "no backup was written" % (p["endpoint"], proc.returncode, got, said))
+
+
 def _remove_leftovers(dest):
     folder = os.path.dirname(dest)
     for name in os.listdir(folder):
         if name.startswith(SCRATCH_PREFIX) and os.path.isdir(os.path.join(folder, name)):
             shutil.rmtree(os.path.join(folder, name), ignore_errors=True)  # a killed run's scratch copy
+    for name in os.listdir(folder):  # a killed run's etcdctl partial file, dest.tmp-PID.part
+        if name.startswith(os.path.basename(dest) + ".tmp-") and name.endswith(".part"):
+            os.unlink(os.path.join(folder, name))
     return arch.remove_stale_temporaries(dest)
 
 
@@ -242,8 +330,8 @@ def run(module, progress):
         _remove_leftovers(p["dest"])
         tmp = "%s.tmp-%d" % (p["dest"], os.getpid())
         try:
-            progress.phase("snapshot save")
-            _etcdctl(p, "snapshot", "save", tmp)
+            progress.phase("snapshot save", status["db_size"] or None)
+            _save(p, tmp, progress)
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
             said = _snapshot_status(p, tmp)
@@ -262,8 +350,9 @@ def run(module, progress):
             os.rename(tmp, p["dest"])
             arch.fsync_dir(folder)
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)  # our own partial snapshot, never a real name
+            for ours in (tmp, tmp + ".part"):  # etcdctl writes PATH.part, then renames it to PATH
+                if os.path.exists(ours):
+                    os.unlink(ours)  # our own partial snapshot, never a real name
     return dict(result, changed=True, sha256=digest, size=size, revision=revision, key_count=keys,
                 snapshot_hash=said.get("hash"), verified=verified)
 
