@@ -125,13 +125,11 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
 from ansible_collections.quorum.recovery.plugins.module_utils import progress as prog
 from ansible_collections.quorum.recovery.plugins.module_utils.etcd_scratch import ScratchEtcd, restore_snapshot
+from ansible_collections.quorum.recovery.plugins.module_utils.refused import Refused
+from ansible_collections.quorum.recovery.plugins.module_utils.scratch_process import run_watched
 
 SCRATCH_PREFIX = ".etcd-backup-verify-"
 STALL_PROBE = 2.0  # seconds without a new byte of the snapshot before the member is asked if it still answers
-
-
-class _Refused(Exception):
-    """A failure whose message is complete."""
 
 
 def _etcdctl_argv(p, *args):
@@ -148,10 +146,10 @@ def _etcdctl(p, *args):
         proc = subprocess.run(_etcdctl_argv(p, *args), capture_output=True, text=True, check=False, timeout=p["timeout"] + 30,
                               env=dict(os.environ, ETCDCTL_API="3"))
     except subprocess.TimeoutExpired:
-        raise _Refused("etcdctl %s at %s did not answer within %ds" % (args[0], p["endpoint"], p["timeout"] + 30))
+        raise Refused("etcdctl %s at %s did not answer within %ds" % (args[0], p["endpoint"], p["timeout"] + 30))
     if proc.returncode:
         said = _etcdctl_error(proc.stderr or proc.stdout)
-        raise _Refused("etcdctl %s at %s failed (%d): %s" % (" ".join(args[:2]), p["endpoint"], proc.returncode, said))
+        raise Refused("etcdctl %s at %s failed (%d): %s" % (" ".join(args[:2]), p["endpoint"], proc.returncode, said))
     return proc.stdout
 
 
@@ -159,7 +157,7 @@ def _json(text, what):
     try:
         return json.loads(text)
     except ValueError:
-        raise _Refused("%s: not JSON: %s" % (what, text.strip()[:300]))
+        raise Refused("%s: not JSON: %s" % (what, text.strip()[:300]))
 
 
 def member_status(p):
@@ -171,8 +169,8 @@ def member_status(p):
              "revision": int(header.get("revision", 0)), "version": status.get("version"),
              "leader": "%x" % status.get("leader", 0), "db_size": int(status.get("dbSize", 0))}
     if not status.get("leader"):
-        raise _Refused("the member at %s has no leader (%s): no consistent snapshot can be saved from it; nothing "
-                       "was written" % (p["endpoint"], found))
+        raise Refused("the member at %s has no leader (%s): no consistent snapshot can be saved from it; nothing "
+                      "was written" % (p["endpoint"], found))
     return found
 
 
@@ -183,9 +181,9 @@ def _snapshot_status(p, path):
             proc = subprocess.run([exe, "snapshot", "status", path, "-w", "json"], capture_output=True, text=True,
                                   check=False, env=dict(os.environ, ETCDCTL_API="3"))
             if proc.returncode:
-                raise _Refused("%s snapshot status %s failed: %s" % (tool, path, (proc.stderr or proc.stdout)[-500:]))
+                raise Refused("%s snapshot status %s failed: %s" % (tool, path, (proc.stderr or proc.stdout)[-500:]))
             return _json(proc.stdout, "snapshot status")
-    raise _Refused("bin_dir=%s has neither etcdutl nor etcdctl" % p["bin_dir"])
+    raise Refused("bin_dir=%s has neither etcdutl nor etcdctl" % p["bin_dir"])
 
 
 def _count_at(p, revision):
@@ -212,7 +210,7 @@ def verify_snapshot(bin_dir, snapshot, work_parent, revision, keys, timeout):
                 "isolated": bool(etcd.netns)}
     except (RuntimeError, OSError, ValueError, KeyError) as exc:
         tail = etcd.log_tail() if etcd else []
-        raise _Refused("the snapshot did not restore and start on a scratch copy: %s %s" % (exc, " | ".join(tail[-5:])))
+        raise Refused("the snapshot did not restore and start on a scratch copy: %s %s" % (exc, " | ".join(tail[-5:])))
     finally:
         if etcd:
             etcd.stop()
@@ -253,54 +251,43 @@ def _save(p, tmp, progress):
     STALL_PROBE seconds the member is asked whether it still answers: etcdctl would wait for a
     member that died (killed, stopped, its host down) until `timeout`, so after two unanswered
     questions in a row it is ended and the save fails at once, saying that the member went away."""
-    proc = None
-    gone = None
-    got = 0
-    with tempfile.TemporaryFile() as err:
-        try:
-            proc = subprocess.Popen(_etcdctl_argv(p, "snapshot", "save", tmp), stdout=subprocess.DEVNULL,  # pylint: disable=consider-using-with
-                                    stderr=err, env=dict(os.environ, ETCDCTL_API="3"))
-            unanswered = 0
-            quiet_since = deadline = time.monotonic()
-            deadline += p["timeout"] + 30
-            while proc.poll() is None:
-                time.sleep(0.25)
-                now = max(_size(tmp + ".part"), _size(tmp))  # etcdctl writes PATH.part, then renames it to PATH
-                if now > got:
-                    progress.advance(now - got)
-                    got, unanswered, quiet_since = now, 0, time.monotonic()
-                elif time.monotonic() > deadline:
-                    gone = "etcdctl snapshot save did not finish within %ds" % (p["timeout"] + 30)
-                elif time.monotonic() - quiet_since >= STALL_PROBE:
-                    quiet_since = time.monotonic()
-                    try:
-                        member_status(dict(p, timeout=5))
-                        unanswered = 0
-                    except _Refused as probe:
-                        unanswered += 1
-                        if unanswered >= 2:
-                            gone = "it answers no more: %s" % probe
-                if gone:
-                    break
-        finally:
-            if proc and proc.poll() is None:
-                proc.kill()  # our own etcdctl, waiting for a member that is gone
-                proc.wait()
-        err.seek(0)
-        said = _etcdctl_error(err.read().decode("utf-8", "replace"))
-    got = max(got, _size(tmp + ".part"), _size(tmp))  # etcdctl removes its .part when it fails
-    if proc.returncode and not gone:
+    state = {"got": 0, "unanswered": 0, "quiet_since": time.monotonic()}
+    deadline = time.monotonic() + p["timeout"] + 30
+
+    def tick():
+        now = max(_size(tmp + ".part"), _size(tmp))  # etcdctl writes PATH.part, then renames it to PATH
+        if now > state["got"]:
+            progress.advance(now - state["got"])
+            state.update(got=now, unanswered=0, quiet_since=time.monotonic())
+        elif time.monotonic() > deadline:
+            return "etcdctl snapshot save did not finish within %ds" % (p["timeout"] + 30)
+        elif time.monotonic() - state["quiet_since"] >= STALL_PROBE:
+            state["quiet_since"] = time.monotonic()
+            try:
+                member_status(dict(p, timeout=5))
+                state["unanswered"] = 0
+            except Refused as probe:
+                state["unanswered"] += 1
+                if state["unanswered"] >= 2:
+                    return "it answers no more: %s" % probe
+        return None
+
+    returncode, stderr, gone = run_watched(_etcdctl_argv(p, "snapshot", "save", tmp), dict(os.environ, ETCDCTL_API="3"),
+                                           tick)
+    said = _etcdctl_error(stderr)
+    got = max(state["got"], _size(tmp + ".part"), _size(tmp))  # etcdctl removes its .part when it fails
+    if returncode and not gone:
         try:
             member_status(dict(p, timeout=5))
-        except _Refused as probe:
+        except Refused as probe:
             gone = "etcdctl said: %s; and the member answers no more: %s" % (said, probe)
     if gone:
-        raise _Refused("the member at %s went away while its snapshot was being saved (%d bytes received): it died, "
-                       "was stopped or lost its leader; %s; the partial snapshot was removed, no backup was written"
-                       % (p["endpoint"], got, gone))
-    if proc.returncode:
-        raise _Refused("etcdctl snapshot save at %s failed (%d) after %d bytes: %s; the partial snapshot was removed, "
-                       "no backup was written" % (p["endpoint"], proc.returncode, got, said))
+        raise Refused("the member at %s went away while its snapshot was being saved (%d bytes received): it died, "
+                      "was stopped or lost its leader; %s; the partial snapshot was removed, no backup was written"
+                      % (p["endpoint"], got, gone))
+    if returncode:
+        raise Refused("etcdctl snapshot save at %s failed (%d) after %d bytes: %s; the partial snapshot was removed, "
+                      "no backup was written" % (p["endpoint"], returncode, got, said))
 
 
 def _remove_leftovers(dest):
@@ -318,7 +305,7 @@ def run(module, progress):
     p = module.params
     for tool in ["etcdctl"] + (["etcd"] if p["verify"] else []):
         if not os.access(os.path.join(p["bin_dir"], tool), os.X_OK):
-            raise _Refused("bin_dir=%s has no %s; nothing was written" % (p["bin_dir"], tool))
+            raise Refused("bin_dir=%s has no %s; nothing was written" % (p["bin_dir"], tool))
     status = member_status(p)
     result = dict(dest=p["dest"], sha256=None, size=None, revision=None, key_count=None, status=status, verified=None)
     if module.check_mode:
@@ -345,8 +332,8 @@ def run(module, progress):
                 progress.phase("verify")
                 verified = verify_snapshot(p["bin_dir"], tmp, folder, revision, keys, p["timeout"])
                 if verified["result"] != "ok":
-                    raise _Refused("the snapshot read back as %s on a scratch etcd, the member said %s; nothing was "
-                                   "written" % (verified["details"]["read_back"], verified["details"]["expected"]))
+                    raise Refused("the snapshot read back as %s on a scratch etcd, the member said %s; nothing was "
+                                  "written" % (verified["details"]["read_back"], verified["details"]["expected"]))
             os.rename(tmp, p["dest"])
             arch.fsync_dir(folder)
         finally:
@@ -373,7 +360,7 @@ def main():
     progress = prog.Progress.for_module(module)
     try:
         result = run(module, progress)
-    except (_Refused, OSError) as exc:
+    except (Refused, OSError) as exc:
         progress.close()
         module.fail_json(msg="%s: %s" % (module.params["endpoint"], exc), progress=progress.summary())
     progress.close()

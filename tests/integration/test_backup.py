@@ -428,7 +428,7 @@ def test_member_killed_mid_snapshot_fails_clearly_and_leaves_no_backup(blab, tmp
                 break
             time.sleep(0.05)
         killed_at = time.monotonic()
-        out, _ = proc.communicate(timeout=600)
+        out = proc.communicate(timeout=600)[0]
         failed_after = time.monotonic() - killed_at
     finally:
         if proc.poll() is None:
