@@ -14,7 +14,8 @@ description:
   - Asks the member at O(endpoint) for its status (cluster ID, member ID, raft term and index, revision,
     version, leader); refuses, writing nothing, when it has no leader (a member that lost quorum serves no
     consistent snapshot).
-  - Saves C(etcdctl snapshot save) to a temporary name beside O(dest), reads the snapshot's own status
+  - Saves C(etcdctl snapshot save) to a temporary name beside O(dest) (its sha256 taken as the file arrives, not in a
+    pass of its own), reads the snapshot's own status
     (revision, hash) and asks the member how many keys the keyspace held AT that revision.
   - With O(verify=true) restores the snapshot into a scratch folder beside O(dest), starts etcd on it alone on
     127.0.0.1 (in a network namespace of its own when it can), reads back its revision and key count, stops it
@@ -114,6 +115,7 @@ progress:
   elements: dict
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -246,16 +248,47 @@ def _etcdctl_error(text):
     return "; ".join(dict.fromkeys(said) or lines[-3:])[-800:]
 
 
+class _Hasher:
+    """sha256 of the file etcdctl is writing, read as it grows (etcdctl appends to PATH.part, then
+    renames it to PATH: the same file), so the digest is ready when the save ends instead of taking
+    a pass of its own; the pages are still in the cache."""
+
+    def __init__(self, tmp):
+        self.tmp, self.handle, self.digest, self.size = tmp, None, hashlib.sha256(), 0
+
+    def catch_up(self):
+        if self.handle is None:
+            for path in (self.tmp + ".part", self.tmp):
+                try:
+                    self.handle = open(path, "rb")  # pylint: disable=consider-using-with
+                    break
+                except OSError:
+                    continue
+            else:
+                return 0
+        for chunk in iter(lambda: self.handle.read(arch.CHUNK), b""):
+            self.digest.update(chunk)
+            self.size += len(chunk)
+        return self.size
+
+    def close(self):
+        if self.handle:
+            self.handle.close()
+
+
 def _save(p, tmp, progress):
-    """etcdctl snapshot save to tmp, the bytes received as progress. Whenever no byte arrived for
+    """etcdctl snapshot save to tmp, hashed as it arrives; returns its sha256. The bytes received
+    are the progress. Whenever no byte arrived for
     STALL_PROBE seconds the member is asked whether it still answers: etcdctl would wait for a
     member that died (killed, stopped, its host down) until `timeout`, so after two unanswered
     questions in a row it is ended and the save fails at once, saying that the member went away."""
     state = {"got": 0, "unanswered": 0, "quiet_since": time.monotonic()}
     deadline = time.monotonic() + p["timeout"] + 30
 
+    hasher = _Hasher(tmp)
+
     def tick():
-        now = max(_size(tmp + ".part"), _size(tmp))  # etcdctl writes PATH.part, then renames it to PATH
+        now = hasher.catch_up()
         if now > state["got"]:
             progress.advance(now - state["got"])
             state.update(got=now, unanswered=0, quiet_since=time.monotonic())
@@ -272,8 +305,18 @@ def _save(p, tmp, progress):
                     return "it answers no more: %s" % probe
         return None
 
-    returncode, stderr, gone = run_watched(_etcdctl_argv(p, "snapshot", "save", tmp), dict(os.environ, ETCDCTL_API="3"),
-                                           tick)
+    try:
+        returncode, stderr, gone = run_watched(_etcdctl_argv(p, "snapshot", "save", tmp),
+                                               dict(os.environ, ETCDCTL_API="3"), tick)
+        if not returncode and not gone:
+            hashed = hasher.catch_up()  # the rest, from the renamed file (the same one)
+            if hashed != _size(tmp):
+                raise Refused("the snapshot %s has %d bytes, but %d were read while etcdctl wrote it; nothing was "
+                              "written" % (tmp, _size(tmp), hashed))
+            progress.advance(hashed - state["got"])
+            return hasher.digest.hexdigest()
+    finally:
+        hasher.close()
     said = _etcdctl_error(stderr)
     got = max(state["got"], _size(tmp + ".part"), _size(tmp))  # etcdctl removes its .part when it fails
     if returncode and not gone:
@@ -318,15 +361,13 @@ def run(module, progress):
         tmp = "%s.tmp-%d" % (p["dest"], os.getpid())
         try:
             progress.phase("snapshot save", status["db_size"] or None)
-            _save(p, tmp, progress)
+            digest = _save(p, tmp, progress)
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
             said = _snapshot_status(p, tmp)
             revision = int(said["revision"])
             keys = _count_at(p, revision)
             size = os.path.getsize(tmp)
-            progress.phase("sha256", size)
-            digest = arch.sha256_file(tmp, progress)
             verified = None
             if p["verify"]:
                 progress.phase("verify")
