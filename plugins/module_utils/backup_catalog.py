@@ -491,13 +491,15 @@ def exclusive(folder: str, timeout: float = 300.0) -> Iterator[float]:
 
 def _counters_of(catalog: Any) -> Iterable[int]:
     """Every counter a catalog (a Catalog or its to_dict()) shows: backups, orphans, interrupted
-    payloads and temporaries, since a counter that was ever handed out is never reused."""
+    payloads, temporaries and manifests that do not validate (by their file's name), since a
+    counter that was ever handed out is never reused."""
     if isinstance(catalog, Catalog):
         yield from (b.counter for b in catalog.backups)
-        names = [i["name"] for i in catalog.interrupted] + [t["file"] for t in catalog.temporaries]
+        names = [i["name"] for i in catalog.interrupted] + [t["file"] for t in catalog.temporaries + catalog.invalid]
     else:
         yield from (b["counter"] for b in catalog.get("backups", []))
-        names = [i["name"] for i in catalog.get("interrupted", [])] + [t["file"] for t in catalog.get("temporaries", [])]
+        names = [i["name"] for i in catalog.get("interrupted", [])] + [
+            t["file"] for t in catalog.get("temporaries", []) + catalog.get("invalid", [])]
     for name in names:
         match = re.search(r"-(?:dqlite|etcd)-(\d{10})-\d{8}T\d{6}Z", name)
         if match:

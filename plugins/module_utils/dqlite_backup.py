@@ -44,6 +44,7 @@ from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_data
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_format as fmt
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_plan
 from ansible_collections.quorum.recovery.plugins.module_utils.datadir_archive import NO_PROGRESS
+from ansible_collections.quorum.recovery.plugins.module_utils.refused import Refused
 from ansible_collections.quorum.recovery.plugins.module_utils.scratch_process import ScratchProcess, free_port
 
 if TYPE_CHECKING:
@@ -58,10 +59,6 @@ FORMAT = "quorum.recovery/dqlite-copy/1"
 MAX_ROUNDS = 8
 CHUNK = 1 << 20
 COPY_PIECE = 8 << 20  # copied in the kernel, then hashed while cached
-
-
-class CopyError(Exception):
-    """The copy cannot be made or does not load; the message names the file or the input."""
 
 
 class _Moved(Exception):
@@ -85,7 +82,7 @@ def _listing(data_dir: str) -> dict[str, tuple[int, int]]:
 def plan_copy(listing: dict[str, tuple[int, int]]) -> dict[str, Any]:
     """What to copy from a listing (name -> (inode, size)): the newest complete snapshot pair,
     the closed segments raft loads after it (or from index 1), the open segments with bytes, the
-    metadata files. Raises CopyError when the listing holds no loadable log."""
+    metadata files. Raises Refused when the listing holds no loadable log."""
     kinds = dqlite_datadir._classify(sorted(listing))  # pylint: disable=protected-access
     pairs = [key for key in sorted(kinds["snapshot"]) if key in kinds["meta"]
              and listing[kinds["snapshot"][key]][1] > 0 and listing[kinds["meta"][key]][1] > 0]
@@ -103,15 +100,15 @@ def plan_copy(listing: dict[str, tuple[int, int]]) -> dict[str, Any]:
         needed = [c for c in chain if c[1] >= snapshot["index"]]
         chain = needed or chain[-1:]  # the last one still numbers the open segments after it
         if chain and chain[0][0] > snapshot["index"] + 1:
-            raise CopyError("closed segment %s starts after the newest snapshot %s (entries %d-%d are missing)"
-                            % (chain[0][2], snapshot["file"], snapshot["index"] + 1, chain[0][0] - 1))
+            raise Refused("closed segment %s starts after the newest snapshot %s (entries %d-%d are missing)"
+                          % (chain[0][2], snapshot["file"], snapshot["index"] + 1, chain[0][0] - 1))
     elif chain and chain[0][0] != 1:
-        raise CopyError("the log starts at closed segment %s and there is no snapshot: no loadable log"
-                        % chain[0][2])
+        raise Refused("the log starts at closed segment %s and there is no snapshot: no loadable log"
+                      % chain[0][2])
     next_index = chain[-1][1] + 1 if chain else (snapshot["index"] + 1 if snapshot else 1)
     opened = [(counter, name) for counter, name in kinds["open"] if listing[name][1] >= 8]
     if not snapshot and not chain and not opened:
-        raise CopyError("no snapshot and no segment with entries: nothing to back up")
+        raise Refused("no snapshot and no segment with entries: nothing to back up")
     return {"snapshot": snapshot, "closed": chain, "open": opened, "next_index": next_index,
             "metadata": sorted(kinds["metadata"]), "node": [n for n in NODE_FILES if n in listing],
             "bytes": sum(listing[n][1] for n in _immutable(snapshot, chain) + [n for _c, n in opened])}
@@ -294,20 +291,20 @@ def check_copy(raft_dir: str, expected_last_index: int | None = None, lz4: str =
                depth: str = "full") -> dict[str, Any]:
     """The facts reader's check of a copied raft folder (as dqlite_info runs it, FULL depth by
     default: every checksum, every snapshot decoded). Returns the
-    facts; raises CopyError naming the file when raft would not load it whole. Problems about the
+    facts; raises Refused naming the file when raft would not load it whole. Problems about the
     app's own files (info.yaml, cluster.yaml: kept apart, in node/) do not count."""
     facts = dqlite_datadir.inspect_datadir(raft_dir, depth, True, lz4)
     errors = [p for p in facts["problems"] if p["severity"] == dqlite_datadir.ERROR and p["file"] not in NODE_FILES]
     prediction = facts["prediction"]
     if errors:
         first = errors[0]
-        raise CopyError("the copy does not load: %s: %s" % (first["file"] or raft_dir, first["message"]))
+        raise Refused("the copy does not load: %s: %s" % (first["file"] or raft_dir, first["message"]))
     if not prediction["starts"] or prediction["renamed_to_corrupt"] or prediction["last_index"] != facts["log"]["last_index"]:
-        raise CopyError("the copy does not load whole: dqlite would %s (%s)" % (
+        raise Refused("the copy does not load whole: dqlite would %s (%s)" % (
             prediction["outcome"], prediction["reason"] or "keep index %s of %s" % (
                 prediction["last_index"], facts["log"]["last_index"])))
     if expected_last_index is not None and facts["log"]["last_index"] != expected_last_index:
-        raise CopyError("the copy loads up to index %s, but %d entries were copied" % (
+        raise Refused("the copy loads up to index %s, but %d entries were copied" % (
             facts["log"]["last_index"], expected_last_index))
     return facts
 
@@ -329,14 +326,14 @@ def copy_online(data_dir: str, dest_dir: str, progress: ProgressSink = NO_PROGRE
     dest_dir/MANIFEST.json and only then give the folder its name. dest_dir must not exist.
 
     Returns {files: [{name, size, sha256}] (names relative to dest_dir), position: {term, index},
-    snapshot_index, retries, warnings, member_running, seconds}. Raises CopyError naming what failed."""
+    snapshot_index, retries, warnings, member_running, seconds}. Raises Refused naming what failed."""
     data_dir = os.path.abspath(data_dir)
     if not os.path.isdir(data_dir):
-        raise CopyError("path %s is not a directory" % data_dir)
+        raise Refused("path %s is not a directory" % data_dir)
     if os.path.lexists(dest_dir):
-        raise CopyError("dest %s already exists; a copy is only made into a new folder" % dest_dir)
+        raise Refused("dest %s already exists; a copy is only made into a new folder" % dest_dir)
     if os.path.abspath(dest_dir).startswith(data_dir + os.sep):
-        raise CopyError("dest %s is inside the member's directory %s; never written there" % (dest_dir, data_dir))
+        raise Refused("dest %s is inside the member's directory %s; never written there" % (dest_dir, data_dir))
     parent = os.path.dirname(os.path.abspath(dest_dir))
     os.makedirs(parent, mode=0o700, exist_ok=True)
     tmp = _partial_name(dest_dir)
@@ -405,14 +402,14 @@ def _copy_rounds(data_dir, raft_dir, progress, lz4, max_rounds, depth, may_be_wr
             continue
         except FileNotFoundError as exc:
             if not os.path.isdir(data_dir):
-                raise CopyError("the member's directory %s vanished during the copy" % data_dir) from None
+                raise Refused("the member's directory %s vanished during the copy" % data_dir) from None
             moved.append("%s vanished" % os.path.basename(exc.filename or "a file"))
             continue
         expected = plan["next_index"] + sum(f["entries"] for f in opened) - 1
         progress.phase("check", sum(f["size"] for f in copied.values()))
         try:
             facts = check_copy(raft_dir, expected if (opened or plan["closed"]) else None, lz4, depth)
-        except CopyError as exc:
+        except Refused as exc:
             if not may_be_written:
                 raise  # nothing writes there: the member's own files do not load
             # a snapshot copied while raft was still writing it under its name: take it again
@@ -426,8 +423,8 @@ def _copy_rounds(data_dir, raft_dir, progress, lz4, max_rounds, depth, may_be_wr
                 "moved": moved, "warnings": warnings + ["round %d: %s" % (n + 1, m) for n, m in enumerate(moved)]}
     if last_error is not None and len(moved) == max_rounds and all(m == str(last_error) for m in moved):
         raise last_error
-    raise CopyError("no consistent copy of %s after %d rounds: files kept changing under it (%s)"
-                    % (data_dir, max_rounds, "; ".join(moved[-3:])))
+    raise Refused("no consistent copy of %s after %d rounds: files kept changing under it (%s)"
+                  % (data_dir, max_rounds, "; ".join(moved[-3:])))
 
 
 def _check_still_running(data_dir, holder):
@@ -440,9 +437,9 @@ def _check_still_running(data_dir, holder):
         return
     now = _holder(data_dir)
     if not now.get("running") or now.get("pid") != holder.get("pid"):
-        raise CopyError("the member at %s stopped during the copy (%s when it began; now: %s): not a backup of a "
-                        "running member; copy it again once it runs, or stopped" % (
-                            data_dir, holder.get("evidence"), now.get("evidence")))
+        raise Refused("the member at %s stopped during the copy (%s when it began; now: %s): not a backup of a "
+                      "running member; copy it again once it runs, or stopped" % (
+                          data_dir, holder.get("evidence"), now.get("evidence")))
 
 
 # ---------------------------------------------------------------------------- an existing copy
@@ -487,7 +484,7 @@ def _own_id(raft_facts: dict, copy_dir: str) -> int:
         pass
     voters = [s["id"] for s in servers if s["role"] == "voter"]
     if not voters:
-        raise CopyError("the copy at %s names no voter in its membership" % copy_dir)
+        raise Refused("the copy at %s names no voter in its membership" % copy_dir)
     return voters[0]
 
 
@@ -505,7 +502,7 @@ def verify_started_alone(copy_dir: str, scratch_dir: str, start_argv: list, quer
     Returns {rows (the answer as an integer, or None), output, address, isolated, seconds, node_id}."""
     raft = os.path.join(copy_dir, RAFT)
     if not os.path.isdir(raft):
-        raise CopyError("%s has no %s/ folder: not a copy made by copy_online" % (copy_dir, RAFT))
+        raise Refused("%s has no %s/ folder: not a copy made by copy_online" % (copy_dir, RAFT))
     os.makedirs(scratch_dir, mode=0o700, exist_ok=True)
     work = tempfile.mkdtemp(prefix="dqlite-verify-", dir=scratch_dir)
     began = time.monotonic()
@@ -533,9 +530,9 @@ def verify_started_alone(copy_dir: str, scratch_dir: str, start_argv: list, quer
                               timeout=timeout)
         after = dqlite_datadir.inspect_datadir(values["data_dir"], "quick")
         if proc.returncode or after["log"]["last_index"] != before["log"]["last_index"] + 1:
-            raise CopyError("reconfiguring the scratch copy to one node failed (rc %d, last index %s -> %s): %s"
-                            % (proc.returncode, before["log"]["last_index"], after["log"]["last_index"],
-                               (proc.stderr or proc.stdout).strip()[-500:]))
+            raise Refused("reconfiguring the scratch copy to one node failed (rc %d, last index %s -> %s): %s"
+                          % (proc.returncode, before["log"]["last_index"], after["log"]["last_index"],
+                             (proc.stderr or proc.stdout).strip()[-500:]))
         progress.phase("start alone")
         daemon.launch(_fill(start_argv, values), tools)
         output = _wait_answer(daemon, _fill(query_argv, values), timeout)
@@ -544,7 +541,7 @@ def verify_started_alone(copy_dir: str, scratch_dir: str, start_argv: list, quer
                 "address": address, "isolated": bool(tools), "node_id": node["id"],
                 "seconds": round(time.monotonic() - began, 3)}
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        raise CopyError("the copy at %s did not start alone: %s%s" % (
+        raise Refused("the copy at %s did not start alone: %s%s" % (
             copy_dir, exc, "; its log ends: %s" % " | ".join(daemon.log_tail(8)) if daemon.proc else "")) from None
     finally:
         daemon.stop()
@@ -572,7 +569,7 @@ def _wait_answer(daemon: ScratchProcess, argv: list, timeout: int) -> str:
 def would_copy(data_dir: str) -> dict[str, Any]:
     """Check mode: what copy_online would copy now (one listing; nothing is read or written)."""
     if not os.path.isdir(data_dir):
-        raise CopyError("path %s is not a directory" % data_dir)
+        raise Refused("path %s is not a directory" % data_dir)
     listing = _listing(data_dir)
     plan = plan_copy(listing)
     names = _immutable(plan["snapshot"], plan["closed"]) + [n for _c, n in plan["open"]] + plan["metadata"]

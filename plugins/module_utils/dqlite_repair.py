@@ -25,18 +25,10 @@ from typing import Callable
 
 from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_datadir
+from ansible_collections.quorum.recovery.plugins.module_utils.refused import Refused
 
 MANIFEST = "manifest.json"
 MOVED, CUT = "moved", "cut"
-
-
-class RepairRefused(Exception):
-    """A refused repair; nothing was changed. The message names the input; member is the
-    inspection the refusal was decided on (None when it came before the inspection)."""
-
-    def __init__(self, msg: str, member: dict | None = None):
-        super().__init__(msg)
-        self.member = member
 
 
 def requested_steps(repairs: list) -> list[dict]:
@@ -76,7 +68,7 @@ def requested_steps(repairs: list) -> list[dict]:
             reasons.append("%s: truncate %s to %d bytes, but %s cuts it to %d" % (
                 where, cut["file"], length, steps[cut["file"]]["input"], steps[cut["file"]]["cut_to"]))
     if reasons:
-        raise RepairRefused("; ".join(reasons) + "; nothing was changed")
+        raise Refused("; ".join(reasons) + "; nothing was changed")
     return list(steps.values())
 
 
@@ -202,7 +194,7 @@ def plan_steps(path: str, quarantine_dir: str, steps: list[dict], member: dict) 
                 entry["cut_sha256"] = _sha256_prefix(source, step["cut_to"])
         planned.append(dict(step, state=state, entry=entry))
     if reasons:
-        raise RepairRefused("; ".join(reasons) + "; nothing was changed", member)
+        raise Refused("; ".join(reasons) + "; nothing was changed", member=member)
     return planned
 
 
@@ -214,7 +206,7 @@ def _copy_checked(source: str, kept: str, sha256: str) -> None:
     with open(partial, "rb") as handle:
         os.fsync(handle.fileno())
     if arch.sha256_file(partial) != sha256:
-        raise RepairRefused("the copy of %s in the quarantine does not match the original; it was not changed" % source)
+        raise Refused("the copy of %s in the quarantine does not match the original; it was not changed" % source)
     os.replace(partial, kept)
 
 
@@ -260,10 +252,11 @@ def repair(path: str, repairs: list, quarantine_dir: str, inspect: Callable[[str
     those not done yet (none in check mode). Returns changed, moved (file -> where the original
     is), cut (file -> length), manifest (this run's entries), quarantine_dir, member (the
     inspection after the repair; before it in check mode) and diff (listings before and after,
-    the after predicted in check mode). Raises RepairRefused with nothing changed."""
+    the after predicted in check mode). Raises Refused (details: member, the inspection the refusal was
+    decided on, when there was one) with nothing changed."""
     path = path.rstrip("/") or "/"
     if not os.path.isdir(path):
-        raise RepairRefused("path %s is not a directory; nothing was changed" % path)
+        raise Refused("path %s is not a directory; nothing was changed" % path)
     steps = requested_steps(repairs)
     running = dqlite_datadir.is_running(path)["running"]
     if running:  # no lock: a restore never works where dqlite runs, and the engine's locks must not block
@@ -277,8 +270,8 @@ def _repair_locked(path, steps, quarantine_dir, inspect, check_mode):
     planned = plan_steps(path, quarantine_dir, steps, member)
     todo = [p for p in planned if p["state"] != "done"]
     if todo and member.get("running", {}).get("running"):
-        raise RepairRefused("dqlite is running on %s (%s): stop it before repairing; nothing was changed"
-                            % (path, member["running"].get("evidence")), member)
+        raise Refused("dqlite is running on %s (%s): stop it before repairing; nothing was changed"
+                      % (path, member["running"].get("evidence")), member=member)
     before = listing(path)
     moved = {p["file"]: p["entry"]["to"] for p in todo}
     cut = {p["file"]: p["cut_to"] for p in todo if p["action"] == CUT}

@@ -22,6 +22,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
+import time
+from typing import Callable
 
 STOP_GRACE = 10  # seconds between SIGTERM and SIGKILL
 
@@ -35,6 +38,31 @@ def die_with_parent():
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def run_watched(argv: list, env: dict | None, tick: Callable[[], str | None],
+                interval: float = 0.25) -> tuple[int, str, str | None]:
+    """Run a client (argv) to its end, calling tick() every `interval` seconds while it runs: when
+    tick returns a reason, the client is SIGKILLed by its PID and waited for. Returns (returncode,
+    what it wrote to stderr, the reason or None). The client dies with this process too."""
+    reason = None
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env,  # pylint: disable=consider-using-with
+                                preexec_fn=die_with_parent)  # pylint: disable=subprocess-popen-preexec-fn
+        try:
+            while proc.poll() is None:
+                time.sleep(interval)
+                if proc.poll() is None:
+                    reason = tick()
+                    if reason:
+                        break
+        finally:
+            if proc.poll() is None:
+                proc.kill()  # our own client, by its PID
+            proc.wait()
+        err.seek(0)
+        said = err.read().decode("utf-8", "replace")
+    return proc.returncode, said, reason
 
 
 def free_port() -> int:

@@ -125,10 +125,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
 from ansible_collections.quorum.recovery.plugins.module_utils import progress as prog
-
-
-class _Refused(Exception):
-    """A failure whose message is complete; main() turns it into fail_json."""
+from ansible_collections.quorum.recovery.plugins.module_utils.refused import Refused
 
 
 def _run(module, progress):
@@ -138,16 +135,16 @@ def _run(module, progress):
         try:
             manifest = arch.verify(dest, p["checksum"], progress=progress)
         except arch.ArchiveError as exc:
-            raise _Refused("archive check failed: %s" % exc)
+            raise Refused("archive check failed: %s" % exc)
         return dict(changed=False, existed=True, manifest=manifest, archive_sha256=manifest["archive_sha256"])
     if not os.path.isdir(path):
-        raise _Refused("path %s is not a directory; nothing was written" % path)
+        raise Refused("path %s is not a directory; nothing was written" % path)
     files = arch.list_files(path, p["include"], p["exclude"])
     if p["include"] is not None:
         missing = sorted(set(p["include"]) - set(files))
         if missing:
-            raise _Refused("include names files that are not in %s: %s; nothing was written"
-                           % (path, ", ".join(missing)))
+            raise Refused("include names files that are not in %s: %s; nothing was written"
+                          % (path, ", ".join(missing)))
     if module.check_mode:
         return dict(changed=True, existed=False, manifest={"files": [{"name": f} for f in files]},
                     archive_sha256=None)
@@ -156,7 +153,7 @@ def _run(module, progress):
         manifest = arch.create(path, dest, files, p["extra"], progress=progress)
         manifest = arch.verify(dest, progress=progress)  # read back what was written before calling it done
     except (OSError, arch.ArchiveError) as exc:
-        raise _Refused("archiving %s to %s failed: %s" % (path, dest, exc))
+        raise Refused("archiving %s to %s failed: %s" % (path, dest, exc))
     return dict(changed=True, existed=False, manifest=manifest, archive_sha256=manifest["archive_sha256"])
 
 
@@ -187,7 +184,7 @@ def main():
                 result = _run(module, progress)
         else:
             result = _run(module, progress)
-    except _Refused as exc:
+    except Refused as exc:
         progress.close()
         module.fail_json(msg=str(exc), progress=progress.summary())
     except OSError as exc:

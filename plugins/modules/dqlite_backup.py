@@ -199,12 +199,12 @@ def _existing(module, p, progress):
     dest = p["dest"]
     manifest = backup.read_copy(dest, progress)
     if manifest is None:
-        raise backup.CopyError("dest %s already exists and is not a complete copy (missing or mismatching "
-                               "MANIFEST.json); not replaced: choose a new dest" % dest)
+        raise backup.Refused("dest %s already exists and is not a complete copy (missing or mismatching "
+                             "MANIFEST.json); not replaced: choose a new dest" % dest)
     now = backup.source_position(p["path"])
     if now != manifest["position"]:
-        raise backup.CopyError("dest %s already holds a copy at position %s, the member is now at %s; not replaced: "
-                               "choose a new dest" % (dest, manifest["position"], now))
+        raise backup.Refused("dest %s already holds a copy at position %s, the member is now at %s; not replaced: "
+                             "choose a new dest" % (dest, manifest["position"], now))
     verified = manifest.get("verified") or {}
     result = dict(changed=False, existed=True, dest=dest, files=manifest["files"], position=manifest["position"],
                   snapshot_index=manifest["snapshot_index"], verified=verified)
@@ -229,7 +229,7 @@ def _start_and_record(p, dest, verified, progress):
     how = verified.get("how", "facts-full").split("+")[0] + "+dqlite-started-alone"
     try:
         read = _verify_started(p, dest, progress)
-    except backup.CopyError as exc:
+    except backup.Refused as exc:
         backup.record_verification(dest, {"at": backup.manifest_time(), "how": how, "result": "failed",
                                           "details": str(exc)})
         raise
@@ -237,7 +237,7 @@ def _start_and_record(p, dest, verified, progress):
               "rows": read["rows"], "details": {k: read[k] for k in ("address", "isolated", "node_id", "seconds")}}
     backup.record_verification(dest, record)
     if read["rows"] is None:
-        raise backup.CopyError("the copy at %s started, but %s printed no number: %r" % (dest, p["verify_query"], read["output"]))
+        raise backup.Refused("the copy at %s started, but %s printed no number: %r" % (dest, p["verify_query"], read["output"]))
     return {"verified": record, "rows": read["rows"]}
 
 
@@ -293,7 +293,7 @@ def main():
                 result = _run(module, p, progress)
         else:
             result = _run(module, p, progress)
-    except backup.CopyError as exc:
+    except backup.Refused as exc:
         progress.close()
         module.fail_json(msg=str(exc), progress=progress.summary())
     except OSError as exc:

@@ -133,6 +133,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_datadir
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_repair
+from ansible_collections.quorum.recovery.plugins.module_utils.refused import Refused
 
 
 def main():
@@ -148,8 +149,8 @@ def main():
     try:
         result = dqlite_repair.repair(p["path"], p["repairs"], p["quarantine_dir"], dqlite_datadir.inspect_datadir,
                                       check_mode=module.check_mode)
-    except dqlite_repair.RepairRefused as exc:
-        module.fail_json(msg=str(exc), member=exc.member)
+    except Refused as exc:
+        module.fail_json(msg=str(exc), member=exc.details.get("member"))
     except OSError as exc:
         module.fail_json(msg="repairing %s: %s" % (p["path"], exc))
     diff = result.pop("diff")

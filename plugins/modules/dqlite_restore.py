@@ -177,14 +177,7 @@ from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_form
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_plan
 from ansible_collections.quorum.recovery.plugins.module_utils import lxd_localdb
 from ansible_collections.quorum.recovery.plugins.module_utils import progress as prog
-
-
-class _Refused(Exception):
-    """A failure whose message is complete; main() turns it into fail_json."""
-
-    def __init__(self, msg, **facts):
-        super().__init__(msg)
-        self.facts = facts
+from ansible_collections.quorum.recovery.plugins.module_utils.refused import Refused
 
 
 def _data_dir(module, path):
@@ -280,7 +273,7 @@ def _restore(module, path, node_local, progress):
     try:
         manifest = arch.verify(p["archive"], p["checksum"], progress=progress)
     except arch.ArchiveError as exc:
-        raise _Refused("the winner's archive failed its check on arrival: %s; nothing was changed" % exc)
+        raise Refused("the winner's archive failed its check on arrival: %s; nothing was changed" % exc)
     wanted = {e["name"]: e["sha256"] for e in manifest["files"] if e["name"] not in node_local}
     app = p["identity"] == "app"
     if app:
@@ -323,8 +316,8 @@ def _restore(module, path, node_local, progress):
     after = _current(path, node_local, progress, "check")
     if after != wanted:
         bad = sorted(n for n in set(after) | set(wanted) if after.get(n) != wanted.get(n))
-        raise _Refused("after the restore %s does not match the winner's archive: %s; the replaced files are "
-                       "in %s" % (path, ", ".join(bad), aside), aside=aside)
+        raise Refused("after the restore %s does not match the winner's archive: %s; the replaced files are "
+                      "in %s" % (path, ", ".join(bad), aside), aside=aside)
     return dict(changed=True, moved_aside=moved, restored=sorted(restored), aside=aside)
 
 
@@ -368,9 +361,9 @@ def main():
             if waited:
                 progress.waited(waited)
             result = _restore(module, path, node_local, progress)
-    except _Refused as exc:
+    except Refused as exc:
         progress.close()
-        module.fail_json(msg=str(exc), progress=progress.summary(), **exc.facts)
+        module.fail_json(msg=str(exc), progress=progress.summary(), **exc.details)
     progress.close()
     if p["identity"] == "lxd-local-db":
         try:

@@ -14,7 +14,8 @@ description:
   - Asks the member at O(endpoint) for its status (cluster ID, member ID, raft term and index, revision,
     version, leader); refuses, writing nothing, when it has no leader (a member that lost quorum serves no
     consistent snapshot).
-  - Saves C(etcdctl snapshot save) to a temporary name beside O(dest), reads the snapshot's own status
+  - Saves C(etcdctl snapshot save) to a temporary name beside O(dest) (its sha256 taken as the file arrives, not in a
+    pass of its own), reads the snapshot's own status
     (revision, hash) and asks the member how many keys the keyspace held AT that revision.
   - With O(verify=true) restores the snapshot into a scratch folder beside O(dest), starts etcd on it alone on
     127.0.0.1 (in a network namespace of its own when it can), reads back its revision and key count, stops it
@@ -100,7 +101,7 @@ key_count:
   returned: always
   type: int
 status:
-  description: What the member said before the save (cluster_id and member_id in hex, term, index, revision, version, leader).
+  description: What the member said before the save (cluster_id and member_id in hex, term, index, revision, version, leader, db_size).
   returned: always
   type: dict
 verified:
@@ -114,6 +115,7 @@ progress:
   elements: dict
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -125,28 +127,31 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive as arch
 from ansible_collections.quorum.recovery.plugins.module_utils import progress as prog
 from ansible_collections.quorum.recovery.plugins.module_utils.etcd_scratch import ScratchEtcd, restore_snapshot
+from ansible_collections.quorum.recovery.plugins.module_utils.refused import Refused
+from ansible_collections.quorum.recovery.plugins.module_utils.scratch_process import run_watched
 
 SCRATCH_PREFIX = ".etcd-backup-verify-"
+STALL_PROBE = 2.0  # seconds without a new byte of the snapshot before the member is asked if it still answers
 
 
-class _Refused(Exception):
-    """A failure whose message is complete."""
-
-
-def _etcdctl(p, *args):
+def _etcdctl_argv(p, *args):
     argv = [os.path.join(p["bin_dir"], "etcdctl"), "--endpoints", p["endpoint"], "--dial-timeout", "5s",
             "--command-timeout", "%ds" % p["timeout"]]
     for key in ("cacert", "cert", "key"):
         if p["tls"].get(key):
             argv += ["--" + key, p["tls"][key]]
+    return argv + list(args)
+
+
+def _etcdctl(p, *args):
     try:
-        proc = subprocess.run(argv + list(args), capture_output=True, text=True, check=False, timeout=p["timeout"] + 30,
+        proc = subprocess.run(_etcdctl_argv(p, *args), capture_output=True, text=True, check=False, timeout=p["timeout"] + 30,
                               env=dict(os.environ, ETCDCTL_API="3"))
     except subprocess.TimeoutExpired:
-        raise _Refused("etcdctl %s at %s did not answer within %ds" % (args[0], p["endpoint"], p["timeout"] + 30))
+        raise Refused("etcdctl %s at %s did not answer within %ds" % (args[0], p["endpoint"], p["timeout"] + 30))
     if proc.returncode:
-        said = (proc.stderr or proc.stdout).strip()[-800:]
-        raise _Refused("etcdctl %s at %s failed (%d): %s" % (" ".join(args[:2]), p["endpoint"], proc.returncode, said))
+        said = _etcdctl_error(proc.stderr or proc.stdout)
+        raise Refused("etcdctl %s at %s failed (%d): %s" % (" ".join(args[:2]), p["endpoint"], proc.returncode, said))
     return proc.stdout
 
 
@@ -154,7 +159,7 @@ def _json(text, what):
     try:
         return json.loads(text)
     except ValueError:
-        raise _Refused("%s: not JSON: %s" % (what, text.strip()[:300]))
+        raise Refused("%s: not JSON: %s" % (what, text.strip()[:300]))
 
 
 def member_status(p):
@@ -164,10 +169,10 @@ def member_status(p):
     found = {"cluster_id": "%x" % header.get("cluster_id", 0), "member_id": "%x" % header.get("member_id", 0),
              "term": int(status.get("raftTerm", 0)), "index": int(status.get("raftIndex", 0)),
              "revision": int(header.get("revision", 0)), "version": status.get("version"),
-             "leader": "%x" % status.get("leader", 0)}
+             "leader": "%x" % status.get("leader", 0), "db_size": int(status.get("dbSize", 0))}
     if not status.get("leader"):
-        raise _Refused("the member at %s has no leader (%s): no consistent snapshot can be saved from it; nothing "
-                       "was written" % (p["endpoint"], found))
+        raise Refused("the member at %s has no leader (%s): no consistent snapshot can be saved from it; nothing "
+                      "was written" % (p["endpoint"], found))
     return found
 
 
@@ -178,9 +183,9 @@ def _snapshot_status(p, path):
             proc = subprocess.run([exe, "snapshot", "status", path, "-w", "json"], capture_output=True, text=True,
                                   check=False, env=dict(os.environ, ETCDCTL_API="3"))
             if proc.returncode:
-                raise _Refused("%s snapshot status %s failed: %s" % (tool, path, (proc.stderr or proc.stdout)[-500:]))
+                raise Refused("%s snapshot status %s failed: %s" % (tool, path, (proc.stderr or proc.stdout)[-500:]))
             return _json(proc.stdout, "snapshot status")
-    raise _Refused("bin_dir=%s has neither etcdutl nor etcdctl" % p["bin_dir"])
+    raise Refused("bin_dir=%s has neither etcdutl nor etcdctl" % p["bin_dir"])
 
 
 def _count_at(p, revision):
@@ -207,7 +212,7 @@ def verify_snapshot(bin_dir, snapshot, work_parent, revision, keys, timeout):
                 "isolated": bool(etcd.netns)}
     except (RuntimeError, OSError, ValueError, KeyError) as exc:
         tail = etcd.log_tail() if etcd else []
-        raise _Refused("the snapshot did not restore and start on a scratch copy: %s %s" % (exc, " | ".join(tail[-5:])))
+        raise Refused("the snapshot did not restore and start on a scratch copy: %s %s" % (exc, " | ".join(tail[-5:])))
     finally:
         if etcd:
             etcd.stop()
@@ -218,11 +223,124 @@ def verify_snapshot(bin_dir, snapshot, work_parent, revision, keys, timeout):
             "details": {"read_back": read, "expected": {"revision": revision, "keys": keys}}}
 
 
+def _size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _etcdctl_error(text):
+    """What etcdctl said went wrong: its Error line and the errors of its JSON log lines, without
+    the rest of the log or a Go stack trace."""
+    said = []
+    for line in (raw.strip() for raw in text.splitlines()):
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("level") in ("warn", "error", "fatal") and record.get("error"):
+                said.append("%s (%s)" % (record.get("msg", ""), record["error"]))
+        elif line.startswith("Error") or "rpc error" in line:
+            said.append(line)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(dict.fromkeys(said) or lines[-3:])[-800:]
+
+
+class _Hasher:
+    """sha256 of the file etcdctl is writing, read as it grows (etcdctl appends to PATH.part, then
+    renames it to PATH: the same file), so the digest is ready when the save ends instead of taking
+    a pass of its own; the pages are still in the cache."""
+
+    def __init__(self, tmp):
+        self.tmp, self.handle, self.digest, self.size = tmp, None, hashlib.sha256(), 0
+
+    def catch_up(self):
+        if self.handle is None:
+            for path in (self.tmp + ".part", self.tmp):
+                try:
+                    self.handle = open(path, "rb")  # pylint: disable=consider-using-with
+                    break
+                except OSError:
+                    continue
+            else:
+                return 0
+        for chunk in iter(lambda: self.handle.read(arch.CHUNK), b""):
+            self.digest.update(chunk)
+            self.size += len(chunk)
+        return self.size
+
+    def close(self):
+        if self.handle:
+            self.handle.close()
+
+
+def _save(p, tmp, progress):
+    """etcdctl snapshot save to tmp, hashed as it arrives; returns its sha256. The bytes received
+    are the progress. Whenever no byte arrived for
+    STALL_PROBE seconds the member is asked whether it still answers: etcdctl would wait for a
+    member that died (killed, stopped, its host down) until `timeout`, so after two unanswered
+    questions in a row it is ended and the save fails at once, saying that the member went away."""
+    state = {"got": 0, "unanswered": 0, "quiet_since": time.monotonic()}
+    deadline = time.monotonic() + p["timeout"] + 30
+
+    hasher = _Hasher(tmp)
+
+    def tick():
+        now = hasher.catch_up()
+        if now > state["got"]:
+            progress.advance(now - state["got"])
+            state.update(got=now, unanswered=0, quiet_since=time.monotonic())
+        elif time.monotonic() > deadline:
+            return "etcdctl snapshot save did not finish within %ds" % (p["timeout"] + 30)
+        elif time.monotonic() - state["quiet_since"] >= STALL_PROBE:
+            state["quiet_since"] = time.monotonic()
+            try:
+                member_status(dict(p, timeout=5))
+                state["unanswered"] = 0
+            except Refused as probe:
+                state["unanswered"] += 1
+                if state["unanswered"] >= 2:
+                    return "it answers no more: %s" % probe
+        return None
+
+    try:
+        returncode, stderr, gone = run_watched(_etcdctl_argv(p, "snapshot", "save", tmp),
+                                               dict(os.environ, ETCDCTL_API="3"), tick)
+        if not returncode and not gone:
+            hashed = hasher.catch_up()  # the rest, from the renamed file (the same one)
+            if hashed != _size(tmp):
+                raise Refused("the snapshot %s has %d bytes, but %d were read while etcdctl wrote it; nothing was "
+                              "written" % (tmp, _size(tmp), hashed))
+            progress.advance(hashed - state["got"])
+            return hasher.digest.hexdigest()
+    finally:
+        hasher.close()
+    said = _etcdctl_error(stderr)
+    got = max(state["got"], _size(tmp + ".part"), _size(tmp))  # etcdctl removes its .part when it fails
+    if returncode and not gone:
+        try:
+            member_status(dict(p, timeout=5))
+        except Refused as probe:
+            gone = "etcdctl said: %s; and the member answers no more: %s" % (said, probe)
+    if gone:
+        raise Refused("the member at %s went away while its snapshot was being saved (%d bytes received): it died, "
+                      "was stopped or lost its leader; %s; the partial snapshot was removed, no backup was written"
+                      % (p["endpoint"], got, gone))
+    if returncode:
+        raise Refused("etcdctl snapshot save at %s failed (%d) after %d bytes: %s; the partial snapshot was removed, "
+                      "no backup was written" % (p["endpoint"], returncode, got, said))
+
+
 def _remove_leftovers(dest):
     folder = os.path.dirname(dest)
     for name in os.listdir(folder):
         if name.startswith(SCRATCH_PREFIX) and os.path.isdir(os.path.join(folder, name)):
             shutil.rmtree(os.path.join(folder, name), ignore_errors=True)  # a killed run's scratch copy
+    for name in os.listdir(folder):  # a killed run's etcdctl partial file, dest.tmp-PID.part
+        if name.startswith(os.path.basename(dest) + ".tmp-") and name.endswith(".part"):
+            os.unlink(os.path.join(folder, name))
     return arch.remove_stale_temporaries(dest)
 
 
@@ -230,7 +348,7 @@ def run(module, progress):
     p = module.params
     for tool in ["etcdctl"] + (["etcd"] if p["verify"] else []):
         if not os.access(os.path.join(p["bin_dir"], tool), os.X_OK):
-            raise _Refused("bin_dir=%s has no %s; nothing was written" % (p["bin_dir"], tool))
+            raise Refused("bin_dir=%s has no %s; nothing was written" % (p["bin_dir"], tool))
     status = member_status(p)
     result = dict(dest=p["dest"], sha256=None, size=None, revision=None, key_count=None, status=status, verified=None)
     if module.check_mode:
@@ -242,28 +360,27 @@ def run(module, progress):
         _remove_leftovers(p["dest"])
         tmp = "%s.tmp-%d" % (p["dest"], os.getpid())
         try:
-            progress.phase("snapshot save")
-            _etcdctl(p, "snapshot", "save", tmp)
+            progress.phase("snapshot save", status["db_size"] or None)
+            digest = _save(p, tmp, progress)
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
             said = _snapshot_status(p, tmp)
             revision = int(said["revision"])
             keys = _count_at(p, revision)
             size = os.path.getsize(tmp)
-            progress.phase("sha256", size)
-            digest = arch.sha256_file(tmp, progress)
             verified = None
             if p["verify"]:
                 progress.phase("verify")
                 verified = verify_snapshot(p["bin_dir"], tmp, folder, revision, keys, p["timeout"])
                 if verified["result"] != "ok":
-                    raise _Refused("the snapshot read back as %s on a scratch etcd, the member said %s; nothing was "
-                                   "written" % (verified["details"]["read_back"], verified["details"]["expected"]))
+                    raise Refused("the snapshot read back as %s on a scratch etcd, the member said %s; nothing was "
+                                  "written" % (verified["details"]["read_back"], verified["details"]["expected"]))
             os.rename(tmp, p["dest"])
             arch.fsync_dir(folder)
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)  # our own partial snapshot, never a real name
+            for ours in (tmp, tmp + ".part"):  # etcdctl writes PATH.part, then renames it to PATH
+                if os.path.exists(ours):
+                    os.unlink(ours)  # our own partial snapshot, never a real name
     return dict(result, changed=True, sha256=digest, size=size, revision=revision, key_count=keys,
                 snapshot_hash=said.get("hash"), verified=verified)
 
@@ -284,7 +401,7 @@ def main():
     progress = prog.Progress.for_module(module)
     try:
         result = run(module, progress)
-    except (_Refused, OSError) as exc:
+    except (Refused, OSError) as exc:
         progress.close()
         module.fail_json(msg="%s: %s" % (module.params["endpoint"], exc), progress=progress.summary())
     progress.close()

@@ -230,14 +230,7 @@ from ansible_collections.quorum.recovery.plugins.module_utils import etcd_wal_wr
 from ansible_collections.quorum.recovery.plugins.module_utils import progress as prog
 from ansible_collections.quorum.recovery.plugins.module_utils.etcd_scratch import ScratchEtcd
 from ansible_collections.quorum.recovery.plugins.module_utils.ondisk import FormatError
-
-
-class Refused(Exception):
-    """A refusal: the message names the input; `details` go into the failed result."""
-
-    def __init__(self, message, **details):
-        super().__init__(message)
-        self.details = details
+from ansible_collections.quorum.recovery.plugins.module_utils.refused import Refused
 
 
 def _sha256(path, progress):

@@ -141,12 +141,9 @@ from ansible_collections.quorum.recovery.plugins.module_utils import datadir_arc
 from ansible_collections.quorum.recovery.plugins.module_utils import etcd_datadir
 from ansible_collections.quorum.recovery.plugins.module_utils import etcd_plan
 from ansible_collections.quorum.recovery.plugins.module_utils import etcd_scratch
+from ansible_collections.quorum.recovery.plugins.module_utils.refused import Refused
 
 WORK = ".quorum-restore"  # inside path: the restore is made here, then renamed into place
-
-
-class _Refused(Exception):
-    """A failure whose message is complete; main() turns it into fail_json."""
 
 
 def _reads_as(directory, want_member, want_cluster, peers):
@@ -173,18 +170,18 @@ def _snapshot(module):
     snapshot = p["snapshot"]
     if not os.path.exists(snapshot):
         if not p["archive"]:
-            raise _Refused("snapshot %s does not exist (and no archive to unpack it from); nothing was changed"
-                           % snapshot)
+            raise Refused("snapshot %s does not exist (and no archive to unpack it from); nothing was changed"
+                          % snapshot)
         if module.check_mode:
             return snapshot
         try:
             manifest = arch.verify(p["archive"], p["checksum"])
         except arch.ArchiveError as exc:
-            raise _Refused("the winner's archive failed its check on arrival: %s; nothing was changed" % exc)
+            raise Refused("the winner's archive failed its check on arrival: %s; nothing was changed" % exc)
         names = [e["name"] for e in manifest["files"]]
         if os.path.basename(snapshot) not in names:
-            raise _Refused("archive %s holds %s, not %s; nothing was changed"
-                           % (p["archive"], ", ".join(names), os.path.basename(snapshot)))
+            raise Refused("archive %s holds %s, not %s; nothing was changed"
+                          % (p["archive"], ", ".join(names), os.path.basename(snapshot)))
         unpacked = "%s.incoming-%d" % (snapshot, os.getpid())
         os.makedirs(unpacked, mode=0o700)
         try:
@@ -194,8 +191,8 @@ def _snapshot(module):
             shutil.rmtree(unpacked, ignore_errors=True)  # our own unpacked copy
     digest = arch.sha256_file(snapshot)
     if digest != p["sha256"]:
-        raise _Refused("snapshot %s has sha256 %s, not %s as the winner made it; nothing was changed"
-                       % (snapshot, digest, p["sha256"]))
+        raise Refused("snapshot %s has sha256 %s, not %s as the winner made it; nothing was changed"
+                      % (snapshot, digest, p["sha256"]))
     return snapshot
 
 
@@ -207,7 +204,7 @@ def _run_restore(module, snapshot, work, own, peers):
         return etcd_scratch.restore_snapshot(p["bin_dir"], snapshot, work, own["name"], peers, p["token"],
                                              own["address"], extra)
     except RuntimeError as exc:
-        raise _Refused("%s; the member's own directory is untouched" % exc)
+        raise Refused("%s; the member's own directory is untouched" % exc)
 
 
 def _restore(module, path, own, peers, want_member, want_cluster):
@@ -227,8 +224,8 @@ def _restore(module, path, own, peers, want_member, want_cluster):
     argv = _run_restore(module, snapshot, work, own, peers)
     _facts, differs = _reads_as(work, want_member, want_cluster, peers)
     if differs:
-        raise _Refused("the restored directory %s does not read as planned: %s; the member's own directory is "
-                       "untouched" % (work, "; ".join(differs)))
+        raise Refused("the restored directory %s does not read as planned: %s; the member's own directory is "
+                      "untouched" % (work, "; ".join(differs)))
     moved = None
     if os.path.lexists(member_dir):
         moved, n = aside, 2
@@ -284,7 +281,7 @@ def main():
     try:
         with arch.locked(path):
             result = _restore(module, path, own, peers, ids[own["name"]], want_cluster)
-    except (_Refused, OSError, arch.ArchiveError) as exc:
+    except (Refused, OSError, arch.ArchiveError) as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(member_id=ids[own["name"]], cluster_id=want_cluster, **result)
 

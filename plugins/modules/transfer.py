@@ -55,7 +55,7 @@ options:
     required: true
     choices: [fetch, push]
   mode:
-    description: The mode of O(dest) on the host, for V(push).
+    description: The mode of O(dest) on the host, for V(push) (and on the controller for V(fetch) with O(checksum=false)).
     type: str
     default: "0600"
   label:
@@ -66,6 +66,16 @@ options:
     description: Seconds between two progress lines while the file moves; V(0) prints only the line at the end.
     type: float
     default: 5.0
+  checksum:
+    description:
+      - V(true) moves the file with M(ansible.builtin.fetch) or M(ansible.builtin.copy), which read it once more at
+        each end for their sha1 and leave a file with the same checksum alone.
+      - V(false) moves it over the connection as it is and sets O(mode) on O(dest) (for V(fetch) too), with no
+        checksum and no idempotence; only for a file the next step checks against a digest of its own (a backup's
+        payload, which M(quorum.recovery.backup_store) checks against the size and sha256 in its manifest). Ignored
+        (as V(true)) in check mode and with become.
+    type: bool
+    default: true
 seealso:
   - module: ansible.builtin.fetch
   - module: ansible.builtin.copy
@@ -100,6 +110,6 @@ dest:
   type: str
 checksum:
   description: The sha1 checksum of the file, as M(ansible.builtin.fetch) or M(ansible.builtin.copy) return it.
-  returned: success
+  returned: success, with O(checksum=true)
   type: str
 """

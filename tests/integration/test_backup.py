@@ -358,3 +358,126 @@ def test_retention_and_an_orphan_kept_through_backup_yml(blab):
     assert removed and all(n not in after for n in removed)
     assert "%d removed by retention" % len(removed) in out, out[-3000:]
     assert all(not (store / (before[n]["payload"]["file"])).exists() for n in removed)
+
+
+def _snapshot_saver(lab: Lab):
+    """(host, pid) of an `etcdctl snapshot save` running inside one of this lab's hosts (they share
+    the controller's PID namespace; the host is the one whose network namespace it runs in), or None."""
+    by_netns = {os.stat("/run/netns/" + h.netns).st_ino: h for h in lab.hosts()}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = [a.decode(errors="replace") for a in Path(entry.path, "cmdline").read_bytes().split(b"\0")]
+            netns = os.stat(Path(entry.path, "ns", "net")).st_ino
+        except OSError:
+            continue
+        if os.path.basename(args[0]) == "etcdctl" and "snapshot" in args and "save" in args and netns in by_netns:
+            return by_netns[netns], int(entry.name)
+    return None
+
+
+def _partial_bytes(host) -> int:
+    """Bytes of the snapshot etcdctl is writing in the host's backup work folder (PATH.part)."""
+    work = host.real_path(STATE + "/backup-etcd-etcd/work")
+    try:
+        return sum(p.stat().st_size for p in work.glob("snapshot.db.tmp-*.part"))
+    except OSError:
+        return 0
+
+
+def _progress(host) -> dict:
+    """The take's newest progress record on the host (etcd_backup writes them, one a line), or {}."""
+    path = host.real_path(STATE + "/backup-etcd-etcd/progress-take.json")
+    try:
+        return json.loads(path.read_text().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        return {}
+
+
+@pytest.mark.full
+def test_member_killed_mid_snapshot_fails_clearly_and_leaves_no_backup(blab, tmp_path):
+    """The source member's etcd SIGKILLed (by PID, the lab's kill_all_at_once) while etcd_backup's
+    `snapshot save` streams from it: the run fails naming the member and what happened, no file
+    under a backup's real name exists at the backup host, the controller's store or the source's
+    outbox, and nothing partial is left in the source's work folder; the reserved counter is not
+    reused, and once the member is back the next run succeeds with a higher counter, verified.
+    1 GiB of values make the save last long enough that the window is seen in the process
+    list, the progress file (bytes received) and the growing partial file (the test's last: the values are deleted
+    and the db defragmented). Without etcd_backup's watch, etcdctl waited --command-timeout (300 s)
+    for the dead member; the failure must come within a minute."""
+    h1 = blab.host("h1")
+    blab.client(h1, "etcd-put", *blab.client_target(h1, "etcd"), "--prefix", "bulk", "--count", "2048",
+                "--size", str(512 * 1024))
+    store = _store_on(blab, "h4")
+    controller = tmp_path / "controller-store"
+    before = manifests(store)
+    top_before = max((m["counter"] for m in before.values()), default=0)
+    proc = subprocess.Popen([str(BIN / "ansible-playbook"), "-i", str(blab.etcd_inventory_path),
+                             str(REPO / "playbooks" / "backup.yml"), "-e", "recover_engine=etcd",
+                             "-e", "backup_controller_dir=%s" % controller, "-e", "backup_progress_interval=0.1"],
+                            env=ansible_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    victim = None
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = _snapshot_saver(blab)
+            said = _progress(found[0]) if found else {}
+            if said.get("phase") == "snapshot save" and said.get("done", 0) > 0 and _partial_bytes(found[0]) > 0:
+                victim = found[0]
+                blab.kill_all_at_once("etcd", [victim])  # SIGKILL by the member's PID file, as power loss
+                break
+            time.sleep(0.05)
+        killed_at = time.monotonic()
+        out = proc.communicate(timeout=600)[0]
+        failed_after = time.monotonic() - killed_at
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    try:
+        assert victim is not None, "no snapshot save was seen running:\n" + out[-3000:]
+        assert proc.returncode != 0, out[-3000:]
+        assert failed_after < 60, "the run took %.0f s to fail after the kill" % failed_after
+        work = victim.real_path(STATE + "/backup-etcd-etcd/work")
+        # the failure names the member, the counter and what happened, and says nothing was written
+        failed = re.search(r"backup (etcd-etcd-(\d{10})-\d{8}T\d{6}Z) \(counter (\d+)\) FAILED on its source (h\d)"
+                           r" \(etcd\)[^\n]*", out)
+        assert failed, out[-4000:]
+        assert failed.group(4) == victim.name
+        assert "went away while its snapshot was being saved" in failed.group(0), failed.group(0)
+        received = re.search(r"\((\d+) bytes received\)", failed.group(0))
+        assert received and int(received.group(1)) > 0, failed.group(0)
+        assert "No backup was written at any destination" in failed.group(0)
+        reserved = int(failed.group(3))
+        assert reserved > top_before
+        # nothing under the failed backup's name, nor any other new one, anywhere
+        assert manifests(store) == before
+        assert not any(failed.group(1) in n for n in (os.listdir(store) if store.is_dir() else []))
+        assert not (controller / SUBDIR).exists() or not _real_names(controller / SUBDIR), \
+            os.listdir(controller / SUBDIR)
+        for host in blab.hosts():
+            outbox = host.real_path(STATE + "/backup-etcd-etcd/outbox")
+            assert not _real_names(outbox), (host.name, os.listdir(outbox))
+        leftovers = sorted(os.listdir(work)) if work.is_dir() else []
+        assert not any(n.startswith("snapshot.db") for n in leftovers), leftovers
+        counter = json.loads(victim.real_path(STATE + "/backup-etcd-etcd/counter.json").read_text())
+        assert counter["reserved"] == reserved and counter["stored"] < reserved, counter
+    finally:
+        if victim is not None:
+            blab.start_etcd([victim])
+    # the member back: the next run succeeds, with a counter above the one the failed run reserved
+    out = backup(blab, "backup_controller_dir=%s" % controller).stdout
+    after = manifests(store)
+    new = sorted(set(after) - set(before))
+    assert len(new) == 1, out[-3000:]
+    manifest = check_backup(store, new[0])
+    assert manifest["counter"] > reserved, (manifest["counter"], reserved)
+    assert manifest["position"]["keys"] >= 3048  # the lab's 1000 and the 2048 values
+    assert check_backup(controller / SUBDIR, new[0])["payload"]["sha256"] == manifest["payload"]["sha256"]
+    blab.etcdctl(h1, "del", "bulk", "--prefix")
+    revision = blab.etcd_status(h1)["header"]["revision"]
+    blab.etcdctl(h1, "compact", str(revision), "--physical")
+    for host in blab.hosts():
+        blab.etcdctl(host, "defrag", timeout=300)

@@ -230,6 +230,31 @@ def test_next_counter_never_reuses_one(tmp_path):
     assert bc.next_counter([], []) == 1
     with pytest.raises(bc.CatalogError, match="member_counters: 'x'"):
         bc.next_counter([a], ["x"])
+    # a manifest that does not validate is no backup, but its counter was handed out
+    broken = make_backup(tmp_path / "c", C, E, 11, T0 + 120)
+    manifest = bc.folder_of(str(tmp_path / "c"), C, E) + "/" + name_of(C, E, 11, T0 + 120) + ".json"
+    with open(manifest, "w") as handle:
+        handle.write("{not json")
+    c = bc.read_catalog(str(tmp_path / "c"), C, E)
+    assert not c.backups and c.invalid, broken
+    assert bc.next_counter([a, b, c]) == 12
+    assert bc.next_counter([c.to_dict(T0, "c")]) == 12
+
+
+def test_next_counter_filter_is_the_catalog_reading(tmp_path):
+    """The role takes its counter with the filter quorum.recovery.backup_next_counter, from the
+    catalogs backup_catalog returns: the same reading as next_counter, errors as filter errors."""
+    from ansible.errors import AnsibleFilterError
+    from ansible_collections.quorum.recovery.plugins.filter.backup_next_counter import FilterModule
+
+    counter = FilterModule().filters()["backup_next_counter"]
+    make_backup(tmp_path / "a", C, E, 4, T0)
+    listed = [bc.read_catalog(str(tmp_path / "a"), C, E).to_dict(T0, "a")]
+    assert counter(listed) == 5
+    assert counter(listed, [None, 9]) == 10
+    assert counter([], []) == 1
+    with pytest.raises(AnsibleFilterError, match="member_counters: 'x'"):
+        counter(listed, ["x"])
 
 
 def test_plan_orphans_positions_ahead_and_other_cluster_ids(tmp_path):

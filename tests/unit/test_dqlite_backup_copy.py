@@ -182,7 +182,7 @@ def test_files_that_keep_moving_fail_after_bounded_rounds_and_leave_no_copy(tmp_
             counter[0] += 1
             os.rename(src / name, src / ("open-%d" % counter[0]))
 
-    with pytest.raises(backup.CopyError, match="no consistent copy .* after 3 rounds"):
+    with pytest.raises(backup.Refused, match="no consistent copy .* after 3 rounds"):
         backup.copy_online(str(src), str(tmp_path / "copy"), progress=Churn(0, None), max_rounds=3)
     assert sorted(os.listdir(tmp_path)) == ["member"]
 
@@ -193,7 +193,7 @@ def test_a_copy_that_does_not_load_fails_naming_the_file_and_leaves_nothing(tmp_
     data = bytearray((src / "0000000000000011-0000000000000020").read_bytes())
     data[8 + 16 + 3] ^= 0xFF  # the middle closed segment's first batch header
     (src / "0000000000000011-0000000000000020").write_bytes(bytes(data))
-    with pytest.raises(backup.CopyError, match="0000000000000011-0000000000000020: closed segment: header checksum"):
+    with pytest.raises(backup.Refused, match="0000000000000011-0000000000000020: closed segment: header checksum"):
         backup.copy_online(str(src), str(tmp_path / "copy"))
     assert sorted(os.listdir(tmp_path)) == ["member"]
 
@@ -213,7 +213,7 @@ def test_bad_input_is_refused_naming_it_and_nothing_changes(tmp_path, case):
     expected = {"exists": "already exists", "inside": "inside the member's directory",
                 "gap": "starts at closed segment 0000000000000021-0000000000000030 and there is no snapshot",
                 "no log": "nothing to back up"}[case]
-    with pytest.raises(backup.CopyError, match=expected):
+    with pytest.raises(backup.Refused, match=expected):
         backup.copy_online(str(src), str(dest))
     assert fingerprint(tmp_path) == before
     assert not [n for n in os.listdir(tmp_path) if "partial" in n]

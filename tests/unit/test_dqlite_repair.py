@@ -86,7 +86,7 @@ def _repair(directory, repairs, check_mode=False):
 ])
 def test_an_action_the_inspection_does_not_propose_is_refused_and_nothing_changes(torn, repairs, named):
     before = _fingerprint(torn.parent)
-    with pytest.raises(rep.RepairRefused) as refused:
+    with pytest.raises(rep.Refused) as refused:
         _repair(torn, repairs)
     assert named in str(refused.value) and str(refused.value).endswith("nothing was changed"), str(refused.value)
     assert _fingerprint(torn.parent) == before
@@ -168,7 +168,7 @@ def test_refused_while_a_process_holds_the_directory(torn):
     with open(torn / "metadata1", "rb") as held:
         holder = subprocess.Popen(["sleep", "60"], stdin=held)
     try:
-        with pytest.raises(rep.RepairRefused) as refused:
+        with pytest.raises(rep.Refused) as refused:
             _repair(torn, _proposed(torn))
     finally:
         holder.kill()
