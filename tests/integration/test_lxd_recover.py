@@ -47,6 +47,17 @@ def _up(lab, count=3):
     return hosts, loaded
 
 
+def _up_and_cut_for_a_move(lab):
+    """Up, loaded, every LXD member killed, and the lab's other engines stopped: a host's address
+    can change then (lab.readdress)."""
+    hosts, loaded = _up(lab)
+    lab.power_off("lxd")
+    for host in hosts:
+        lab.service(host, "dqlite", "stop")
+        lab.service(host, "etcd", "stop")
+    return hosts, loaded
+
+
 def _recover(lab, *extra, check=True, mode=()):
     args = [PLAYBOOK, "-e", "recover_group=lxd", *mode]
     if "--check" not in mode:
@@ -204,11 +215,7 @@ def test_member_whose_address_changed(lxd_lab):
     the winner's `lxd cluster edit` gives the raft configuration h2's new address, and h2's
     local.db is brought in line (its raft_nodes and its own https address keys; the old file kept)."""
     lab = lxd_lab
-    hosts, loaded = _up(lab)
-    lab.power_off("lxd")
-    for host in hosts:
-        lab.service(host, "dqlite", "stop")
-        lab.service(host, "etcd", "stop")
+    hosts, loaded = _up_and_cut_for_a_move(lab)
     new_ip = str(lab.subnet.network_address + 42)
     h2 = lab.readdress(hosts[1], new_ip)
     h1, h3 = hosts[0], hosts[2]
@@ -245,11 +252,7 @@ def test_moved_member_reaching_a_quorum_before_the_winner_starts(lxd_lab, tmp_pa
     serving before the winner even runs, and the recovery must end with it Online at its new
     address on every member's list."""
     lab = lxd_lab
-    hosts, loaded = _up(lab)
-    lab.power_off("lxd")
-    for host in hosts:
-        lab.service(host, "dqlite", "stop")
-        lab.service(host, "etcd", "stop")
+    hosts, loaded = _up_and_cut_for_a_move(lab)
     winner = _plan_winner(_recover(lab, mode=("--check",)).stdout)
     new_ip = str(lab.subnet.network_address + 43)
     moved = lab.readdress([h for h in hosts if h.name != winner][0], new_ip)
