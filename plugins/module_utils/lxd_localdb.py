@@ -10,6 +10,15 @@ beside the raft directory database/global. After a recovery only the member wher
 command ran has the new list; LXD 6.2+ ships it to the others as raft_nodes.yaml inside
 lxd_recovery_db.tar.gz. For 5.0 this writes the same thing into each restored member's local.db,
 and a member's new address where its address changed. The file as it was is copied aside first.
+
+The members' addresses also live in the GLOBAL database (table nodes), which only a running
+cluster can change. `lxd cluster edit` leaves database/patch.global.sql (UPDATE nodes SET address
+...) on the member where it ran; each daemon runs that file at start, in the same transaction in
+which it then marks its own row of nodes by its own address ("updated 0 rows instead of 1" and the
+daemon exits when no row has that address yet). With the file on the winner alone, a moved member
+that reaches a quorum without the winner (the winner still starting) dies on that check. LXD 6.2+
+writes the file on every member that unpacks its recovery tarball; global_patch() is that file for
+each restored member, so whichever member runs it first, every later check finds the new address.
 """
 from __future__ import annotations
 
@@ -17,10 +26,12 @@ import os
 import shutil
 import sqlite3
 
-from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_datadir
+from ansible_collections.quorum.recovery.plugins.module_utils import datadir_archive, dqlite_datadir
 
 ROLE_NUMBERS = {"voter": 0, "stand-by": 1, "spare": 2}
 ADDRESS_KEYS = ("cluster.https_address", "core.https_address")
+# beside global/ and local.db; LXD runs it, then removes it, when the daemon opens the global database
+GLOBAL_PATCH = "patch.global.sql"
 
 
 def changes_needed(path: str, membership: list, member_id: int) -> dict:
@@ -70,4 +81,47 @@ def apply(path: str, changes: dict, keep_dir: str) -> str | None:
                 conn.execute("UPDATE config SET value = ? WHERE key = ?", (value, key))
     finally:
         conn.close()
+    return kept
+
+
+def global_patch_path(path: str) -> str:
+    return os.path.join(os.path.dirname(os.path.normpath(path)), GLOBAL_PATCH)
+
+
+def global_patch(membership: list) -> str:
+    """What LXD writes into patch.global.sql for this membership: every member's address in the
+    global nodes table, by raft ID as LXD does (its own 5.0 and 6.2+ code alike)."""
+    lines = []
+    for member in sorted(membership, key=lambda m: int(m["id"])):
+        address = str(member["address"])
+        if any(c in address for c in "'\\\n\r;"):
+            raise ValueError("address %r of member %s cannot go into %s" % (address, member["id"], GLOBAL_PATCH))
+        lines.append("UPDATE nodes SET address = '%s' WHERE id = %d;\n" % (address, int(member["id"])))
+    return "".join(lines)
+
+
+def global_patch_needed(path: str, membership: list) -> bool:
+    """Whether database/patch.global.sql does not already hold exactly global_patch(membership)."""
+    try:
+        with open(global_patch_path(path), encoding="utf-8") as handle:
+            return handle.read() != global_patch(membership)
+    except FileNotFoundError:
+        return True
+
+
+def write_global_patch(path: str, membership: list, keep_dir: str) -> str | None:
+    """Write patch.global.sql for this membership (atomically, mode 0600 as LXD 6.2+ does). A file
+    already there with other statements is moved into keep_dir first, never overwritten; returns
+    where it went (None when there was none)."""
+    target = global_patch_path(path)
+    kept = None
+    if os.path.exists(target):
+        os.makedirs(keep_dir, mode=0o700, exist_ok=True)
+        kept = os.path.join(keep_dir, GLOBAL_PATCH + ".before")
+        n = 2
+        while os.path.exists(kept):
+            kept = os.path.join(keep_dir, "%s.before-%d" % (GLOBAL_PATCH, n))
+            n += 1
+        shutil.move(target, kept)
+    datadir_archive.write_atomic(target, global_patch(membership).encode(), 0o600)
     return kept

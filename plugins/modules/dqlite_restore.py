@@ -95,6 +95,12 @@ options:
         C(raft_nodes) is set to O(membership) (what LXD 6.2+ ships as C(raft_nodes.yaml)) and, for
         a member whose address changed, the address keys that named the old one; the file as it
         was is kept as C(local.db.before) in O(aside_dir).
+      - With V(lxd-local-db) the member also gets C(patch.global.sql) beside C(local.db) - every
+        member's address in the global C(nodes) table, as C(lxd cluster edit) leaves it on the
+        winner and LXD 6.2+ writes it on every member it restores. LXD runs it (then removes it)
+        when its daemon opens the global database, in the transaction where it checks that a row
+        has its own address; on the winner alone, a moved member that reached a quorum first
+        exited on that check. A different file already there is moved into O(aside_dir) first.
     type: str
     choices: [app, lxd-local-db]
     default: app
@@ -163,6 +169,14 @@ local_db:
 local_db_kept:
   description: Where LXD's C(local.db) as it was before is kept.
   returned: when it changed
+  type: str
+global_patch:
+  description: With O(identity=lxd-local-db), the C(patch.global.sql) written (or, in check mode, to be written).
+  returned: when it changed
+  type: str
+global_patch_kept:
+  description: Where a C(patch.global.sql) with other statements that was already there went.
+  returned: when there was one
   type: str
 """
 
@@ -345,6 +359,11 @@ def main():
     if not own:
         module.fail_json(msg="member_id=%d is not in the membership %s" % (p["member_id"], p["membership"]))
     p["cluster_yaml"], p["info_yaml"] = dqlite_plan.node_yaml(p["membership"]), dqlite_plan.info_yaml(own[0])
+    if p["identity"] == "lxd-local-db":
+        try:  # before anything changes: an address the patch cannot carry
+            lxd_localdb.global_patch(p["membership"])
+        except ValueError as exc:
+            module.fail_json(msg="membership: %s; nothing was changed" % exc)
     created = _data_dir(module, path)
     if created and module.check_mode:
         module.exit_json(changed=True, created=path, moved_aside=[], restored=[], aside=None, progress=[])
@@ -367,6 +386,16 @@ def main():
     progress.close()
     if p["identity"] == "lxd-local-db":
         try:
+            # the winner's `lxd cluster edit` left patch.global.sql (the addresses in the global
+            # nodes table) on the winner alone; every member gets it, so the address is right
+            # whichever member's daemon opens the global database first (lxd_localdb.global_patch)
+            if lxd_localdb.global_patch_needed(path, p["membership"]):
+                result["changed"] = True
+                result["global_patch"] = lxd_localdb.global_patch_path(path)
+                if not module.check_mode:
+                    kept = lxd_localdb.write_global_patch(path, p["membership"], result.get("aside") or p["aside_dir"])
+                    if kept:
+                        result["global_patch_kept"] = kept
             local = lxd_localdb.changes_needed(path, p["membership"], p["member_id"])
             if local:
                 result["changed"] = True

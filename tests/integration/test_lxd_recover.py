@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import time
 
 import pytest
+import yaml
 
-from conftest import Lab, fingerprint, run_ansible
+from conftest import BIN, REPO, Lab, ansible_env, fingerprint, run_ansible
 from lab.base import LabError, run
 from test_recover_resume import _term1_changes  # every term-1 CHANGE entry above an index, in any segment
 
@@ -41,6 +44,17 @@ def _up(lab, count=3):
     hosts = lab.up(count, keys=10, lxd=True)
     loaded = lab.load_lxd_data(hosts[0], hosts, count=5)
     assert len(loaded["config"]) == 5 and len(loaded["volumes"]) == count, loaded
+    return hosts, loaded
+
+
+def _up_and_cut_for_a_move(lab):
+    """Up, loaded, every LXD member killed, and the lab's other engines stopped: a host's address
+    can change then (lab.readdress)."""
+    hosts, loaded = _up(lab)
+    lab.power_off("lxd")
+    for host in hosts:
+        lab.service(host, "dqlite", "stop")
+        lab.service(host, "etcd", "stop")
     return hosts, loaded
 
 
@@ -201,11 +215,7 @@ def test_member_whose_address_changed(lxd_lab):
     the winner's `lxd cluster edit` gives the raft configuration h2's new address, and h2's
     local.db is brought in line (its raft_nodes and its own https address keys; the old file kept)."""
     lab = lxd_lab
-    hosts, loaded = _up(lab)
-    lab.power_off("lxd")
-    for host in hosts:
-        lab.service(host, "dqlite", "stop")
-        lab.service(host, "etcd", "stop")
+    hosts, loaded = _up_and_cut_for_a_move(lab)
     new_ip = str(lab.subnet.network_address + 42)
     h2 = lab.readdress(hosts[1], new_ip)
     h1, h3 = hosts[0], hosts[2]
@@ -229,3 +239,57 @@ def test_member_whose_address_changed(lxd_lab):
     assert kept, "h2's local.db as it was is not kept"
     again = _recover(lab, addresses)
     assert "nothing to do" in again.stdout and not re.search(r"changed=[1-9]", again.stdout), again.stdout[-2000:]
+
+
+@pytest.mark.full
+def test_moved_member_reaching_a_quorum_before_the_winner_starts(lxd_lab, tmp_path):
+    """The start-order race of an address change, made certain. Each LXD daemon, opening the global
+    database, runs database/patch.global.sql (the members' addresses in the nodes table), then marks
+    its own row of nodes by its own address, in one transaction; no row with that address, and the
+    daemon exits ("updated 0 rows instead of 1"). `lxd cluster edit` leaves that file on the winner
+    only. Here the winner is slow to start (its start command waits 45 s: a slow disk, a loaded
+    host): the moved member and the third reach a quorum without it. The moved member must be
+    serving before the winner even runs, and the recovery must end with it Online at its new
+    address on every member's list."""
+    lab = lxd_lab
+    hosts, loaded = _up_and_cut_for_a_move(lab)
+    winner = _plan_winner(_recover(lab, mode=("--check",)).stdout)
+    new_ip = str(lab.subnet.network_address + 43)
+    moved = lab.readdress([h for h in hosts if h.name != winner][0], new_ip)
+    hosts = lab.hosts()
+    floor = max(_last_index(h) for h in hosts)
+    # the operator's service commands, with the winner's start 45 s late
+    inventory = yaml.safe_load(lab.lxd_inventory_path.read_text())
+    commands = dict(inventory["all"]["children"]["lxd"]["vars"]["recover_service_commands"])
+    commands["start"] = "sh -c 'sleep 45 && exec %s'" % commands["start"]
+    inventory["all"]["hosts"][winner]["recover_service_commands"] = commands
+    slow = tmp_path / "inventory-slow-winner.yml"
+    slow.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    addresses = '{"recover_addresses": {"%s": "%s:8443"}}' % (moved.name, new_ip)
+    log = tmp_path / "recover.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(BIN / "ansible-playbook"), "-i", str(slow), PLAYBOOK, "-e", "recover_group=lxd",
+                                 "-e", "recover_confirm=yes", "-e", addresses],
+                                stdout=out, stderr=subprocess.STDOUT, env=ansible_env(), cwd=REPO)
+        served_first = False
+        deadline = time.monotonic() + 900
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                if not served_first and lab.lxd_cmd(moved, "waitready", "--timeout", "1", check=False,
+                                                    timeout=20).returncode == 0:
+                    # ready, and the winner's daemon not started yet
+                    served_first = lab.service(lab.host(winner), "lxd", "status", check=False).returncode != 0
+                time.sleep(1)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert proc.returncode == 0, text[-4000:] + lab._log_tail(moved, "lxd-daemon")
+    assert "winner: %s" % winner in text
+    assert served_first, "the moved member was never serving before the winner started" + lab._log_tail(
+        moved, "lxd-daemon")
+    _assert_recovered(lab, hosts, loaded, floor, "early")
+    for host in hosts:
+        urls = sorted(m["url"] for m in lab.lxd_members(host))
+        assert "https://%s:8443" % new_ip in urls, (host.name, urls)

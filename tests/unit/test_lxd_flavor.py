@@ -107,3 +107,40 @@ def test_a_restored_members_local_db_gets_the_new_membership_and_its_new_address
     assert [(n["id"], n["address"], n["role"], n["name"]) for n in nodes] == [
         (1, "10.0.0.1:8443", "voter", "m1"), (2, "10.0.0.42:8443", "voter", "m2"), (3, "10.0.0.3:8443", "spare", "m3")]
     assert lxd_localdb.changes_needed(str(glob), membership, 2) == {}
+
+
+def test_every_restored_member_gets_the_global_nodes_patch_a_different_one_kept(tmp_path):
+    """patch.global.sql (the addresses in LXD's global nodes table) for a restored member: LXD's
+    statements for every member, by raft ID; written once (a second call has nothing to do); a file
+    already there with other statements is moved aside, never overwritten; run by a real sqlite on
+    a nodes table, it gives the moved member its new address."""
+    glob = _lxd_dir(tmp_path, own="10.0.0.3:8443")
+    membership = [{"id": 2, "address": "10.0.0.42:8443", "role": "voter"},
+                  {"id": 1, "address": "10.0.0.1:8443", "role": "voter"},
+                  {"id": 3, "address": "10.0.0.3:8443", "role": "voter"}]
+    text = lxd_localdb.global_patch(membership)
+    assert text == ("UPDATE nodes SET address = '10.0.0.1:8443' WHERE id = 1;\n"
+                    "UPDATE nodes SET address = '10.0.0.42:8443' WHERE id = 2;\n"
+                    "UPDATE nodes SET address = '10.0.0.3:8443' WHERE id = 3;\n")
+    target = tmp_path / "database" / "patch.global.sql"
+    assert lxd_localdb.global_patch_path(str(glob)) == str(target)
+    (tmp_path / "database" / "patch.global.sql").write_text("UPDATE nodes SET address = 'x' WHERE id = 9;\n")
+    assert lxd_localdb.global_patch_needed(str(glob), membership)
+    kept = lxd_localdb.write_global_patch(str(glob), membership, str(tmp_path / "aside"))
+    assert open(kept).read() == "UPDATE nodes SET address = 'x' WHERE id = 9;\n"
+    assert target.read_text() == text and (target.stat().st_mode & 0o777) == 0o600
+    assert not lxd_localdb.global_patch_needed(str(glob), membership)
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE nodes (id INTEGER PRIMARY KEY, name TEXT, address TEXT)")
+    conn.executemany("INSERT INTO nodes VALUES (?, ?, ?)", [(i, "m%d" % i, "10.0.0.%d:8443" % i) for i in (1, 2, 3)])
+    conn.executescript(text)
+    assert conn.execute("SELECT id FROM nodes WHERE address = '10.0.0.42:8443'").fetchall() == [(2,)]
+
+
+def test_an_address_the_global_patch_cannot_carry_is_refused():
+    try:
+        lxd_localdb.global_patch([{"id": 1, "address": "10.0.0.1:8443'; DROP TABLE nodes; --", "role": "voter"}])
+    except ValueError as exc:
+        assert "member 1" in str(exc) and "patch.global.sql" in str(exc)
+    else:
+        raise AssertionError("an address with a quote went into the patch")
