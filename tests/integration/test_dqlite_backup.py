@@ -20,6 +20,7 @@ from conftest import fingerprint, run_ansible
 
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_backup as backup
 from ansible_collections.quorum.recovery.plugins.module_utils import dqlite_datadir
+from ansible_collections.quorum.recovery.plugins.module_utils.refused import Refused
 
 DEMO_FLAVOR = {
     "verify_argv": ["dqlite-demo", "--api", "{api}", "--db", "{address}", "--dir", "{dir}"],
@@ -174,7 +175,7 @@ def test_member_killed_mid_copy_is_a_clear_failure_and_leaves_no_copy(lab):
         # a member holds its open segment open once it appends (a freshly restarted, idle one holds
         # nothing open, and then nothing tells it runs): wait until the writes reach it
         lab._wait(lambda: dqlite_datadir.is_running(src)["running"], 30, "dqlite on %s to hold its files" % host.name)
-        with pytest.raises(backup.CopyError, match="stopped during the copy"):
+        with pytest.raises(Refused, match="stopped during the copy"):
             backup.copy_online(src, str(dest), progress=KillAtFirstChunk())
     finally:
         lab.stop_spawned(writer, grace=5)
