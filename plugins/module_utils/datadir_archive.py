@@ -137,6 +137,18 @@ class _HashingWriter:
         self.handle.flush()
 
 
+def unused_path(base: str, nth: str = "%s-%d") -> str:
+    """base when nothing is there (not even a dangling link), else the first `nth % (base, n)`,
+    n = 2, 3, ..., that is free: where something is moved or kept aside without ever overwriting
+    what an earlier run put there."""
+    if not os.path.lexists(base):
+        return base
+    n = 2
+    while os.path.lexists(nth % (base, n)):
+        n += 1
+    return nth % (base, n)
+
+
 def fsync_dir(path: str) -> None:
     """Make a rename or a new name in the folder `path` durable."""
     fd = os.open(path, os.O_RDONLY)

@@ -117,11 +117,7 @@ def write_global_patch(path: str, membership: list, keep_dir: str) -> str | None
     kept = None
     if os.path.exists(target):
         os.makedirs(keep_dir, mode=0o700, exist_ok=True)
-        kept = os.path.join(keep_dir, GLOBAL_PATCH + ".before")
-        n = 2
-        while os.path.exists(kept):
-            kept = os.path.join(keep_dir, "%s.before-%d" % (GLOBAL_PATCH, n))
-            n += 1
+        kept = datadir_archive.unused_path(os.path.join(keep_dir, GLOBAL_PATCH + ".before"))
         shutil.move(target, kept)
     datadir_archive.write_atomic(target, global_patch(membership).encode(), 0o600)
     return kept

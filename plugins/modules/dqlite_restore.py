@@ -217,15 +217,6 @@ def _current(path, node_local, progress, phase):
     return {name: arch.sha256_file(os.path.join(path, name), progress) for name in names}
 
 
-def _fresh_dir(base):
-    if not os.path.exists(base):
-        return base
-    n = 2
-    while os.path.exists("%s/again-%d" % (base, n)):
-        n += 1
-    return "%s/again-%d" % (base, n)
-
-
 def _remove_stale_incoming(path):
     """Unpacked copies of the archive (path.incoming-PID) whose run was killed; the archive
     itself is kept, so they hold nothing that is not there. Call only while holding the lock."""
@@ -305,7 +296,7 @@ def _restore(module, path, node_local, progress):
     os.makedirs(incoming, mode=0o700)
     try:
         arch.verify(p["archive"], p["checksum"], extract_to=incoming, progress=progress)
-        aside = _fresh_dir(p["aside_dir"])
+        aside = arch.unused_path(p["aside_dir"], "%s/again-%d")
         os.makedirs(aside, mode=0o700)
         moved = []
         for name in sorted(os.listdir(path)):

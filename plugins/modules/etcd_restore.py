@@ -228,9 +228,7 @@ def _restore(module, path, own, peers, want_member, want_cluster):
                       "untouched" % (work, "; ".join(differs)))
     moved = None
     if os.path.lexists(member_dir):
-        moved, n = aside, 2
-        while os.path.lexists(moved):
-            moved, n = "%s-%d" % (aside, n), n + 1
+        moved = arch.unused_path(aside)
         os.rename(member_dir, moved)
     os.rename(os.path.join(work, "member"), member_dir)
     os.rmdir(work)
