@@ -30,29 +30,45 @@ from conftest import REPO, fingerprint, run_ansible
 from lab import Lab
 from lab.base import DQLITE_DIR, ETCD_DIR
 # blab: test_backup's lab fixture (3 etcd members and the backup host h4), used here by name
-from test_backup import STATE, STORE, SUBDIR, backup, blab, check_backup, manifests  # noqa: F401  # pylint: disable=unused-import
+from test_backup import STATE, STORE, SUBDIR, blab, check_backup, manifests  # noqa: F401  # pylint: disable=unused-import
 
 
-def _store(lab: Lab):
-    return lab.host("h4").real_path(STORE + "/" + SUBDIR)
+# What differs between the engines here: the inventory, extra vars, the folder at the backup host
+# (CLUSTER/ENGINE, the cluster named after the inventory group), the members' data folder (the
+# fingerprints), the journal's name; how every member loses its data and what a restore shows are
+# the functions in LOSE and RESTORED below.
+ENGINES = {
+    "etcd": {"inventory": "etcd_inventory_path", "args": ["-e", "recover_engine=etcd"], "subdir": SUBDIR,
+             "data": ETCD_DIR, "journal": "journal-etcd.json"},
+    "dqlite": {"inventory": "inventory_path", "args": [], "subdir": "dqlite/dqlite", "data": DQLITE_DIR,
+               "journal": "journal.json"},
+}
 
 
-def recover(lab: Lab, tmp_path, *extra, check=True):
-    args = ["-e", "recover_engine=etcd", "-e", "recover_confirm=yes",
-            "-e", "recover_controller_dir=%s" % (tmp_path / "controller")]
+def _store(lab: Lab, engine: str = "etcd"):
+    return lab.host("h4").real_path(STORE + "/" + ENGINES[engine]["subdir"])
+
+
+def _playbook(lab: Lab, name: str, engine: str, extra, check=True, more=()):
+    args = list(ENGINES[engine]["args"]) + list(more)
     for item in extra:
         args += ["-e", item if isinstance(item, str) else json.dumps(item)]
-    return run_ansible("ansible-playbook", REPO / "playbooks" / "recover.yml", *args,
-                       inventory=lab.etcd_inventory_path, check=check)
+    return run_ansible("ansible-playbook", REPO / "playbooks" / name, *args,
+                       inventory=getattr(lab, ENGINES[engine]["inventory"]), check=check)
 
 
-def take_backup(lab: Lab, *extra) -> dict:
-    before = set(manifests(_store(lab)))
-    backup(lab, *extra)
+def recover(lab: Lab, tmp_path, *extra, check=True, engine="etcd"):
+    return _playbook(lab, "recover.yml", engine, extra, check,
+                     ["-e", "recover_confirm=yes", "-e", "recover_controller_dir=%s" % (tmp_path / "controller")])
+
+
+def take_backup(lab: Lab, *extra, engine="etcd") -> dict:
+    before = set(manifests(_store(lab, engine)))
+    _playbook(lab, "backup.yml", engine, extra)
     # a backup after a restore (a new cluster ID) keeps the older ones as orphan-NAME: not new backups
-    new = sorted(n for n in set(manifests(_store(lab))) - before if not n.startswith("orphan-"))
+    new = sorted(n for n in set(manifests(_store(lab, engine))) - before if not n.startswith("orphan-"))
     assert len(new) == 1, new
-    return manifests(_store(lab))[new[0]]
+    return manifests(_store(lab, engine))[new[0]]
 
 
 def lose_every_member(lab: Lab) -> None:
@@ -87,10 +103,10 @@ def assert_rollback_refused(proc, newest: dict) -> None:
     assert "recover_confirm_rollback=%s" % newest["name"] in proc.stdout
 
 
-def fingerprints(lab: Lab) -> dict:
+def fingerprints(lab: Lab, engine: str = "etcd") -> dict:
     found = {"h4": fingerprint(lab.host("h4").real_path(STORE))}
     for host in lab.hosts():
-        for path in (ETCD_DIR, STATE):
+        for path in (ENGINES[engine]["data"], STATE):
             real = host.real_path(path)
             found["%s:%s" % (host.name, path)] = fingerprint(real) if real.exists() else {}
     return found
@@ -124,25 +140,11 @@ def test_whole_cluster_loss_recovered_from_the_newest_off_node_backup(blab, tmp_
     assert "from h4:%s" % (STORE + "/" + SUBDIR) in out
     assert_restored(blab, manifest, out)
     # the journal names the backup as the source; a re-run has nothing to do (never restores it again)
-    journal = json.loads(blab.host("h1").real_path(STATE + "/journal-etcd.json").read_text())
+    journal = json.loads(blab.host("h1").real_path(STATE + "/" + ENGINES["etcd"]["journal"]).read_text())
     assert journal["plan"]["source"]["step"] == "backup" and journal["plan"]["source"]["backup"] == manifest["name"]
     assert journal["status"] == "complete"
     again = recover(blab, tmp_path, "recover_from_backup=newest").stdout
     assert "nothing to do" in again and "restoring backup" not in again
-
-
-@pytest.mark.full
-def test_corrupted_newest_backup_is_skipped_for_the_previous_one(blab, tmp_path):
-    previous = take_backup(blab)
-    newest = take_backup(blab)
-    payload = STORE + "/" + SUBDIR + "/" + newest["payload"]["file"]
-    blab.corrupt(blab.host("h4"), payload, offset=newest["payload"]["size"] // 2, flip=1)
-    lose_every_member(blab)
-    out = recover(blab, tmp_path, "recover_from_backup=newest").stdout
-    assert "WARNING: backup %s is DAMAGED" % newest["name"] in out, out[-3000:]
-    assert "previous verified backup %s is restored instead" % previous["name"] in out
-    assert "restoring backup %s" % previous["name"] in out
-    assert_restored(blab, previous, out)
 
 
 @pytest.mark.full
@@ -173,30 +175,7 @@ def test_encrypted_backup_wrong_identity_refused_right_one_restores(blab, tmp_pa
 
 
 # ------------------------------------------------------------------------------------------ dqlite
-DQ_SUBDIR = "dqlite/dqlite"  # the cluster is named after the inventory group
-
-
-def _dq_store(lab: Lab):
-    return lab.host("h4").real_path(STORE + "/" + DQ_SUBDIR)
-
-
-def dq_recover(lab: Lab, tmp_path, *extra, check=True):
-    args = ["-e", "recover_confirm=yes", "-e", "recover_controller_dir=%s" % (tmp_path / "controller")]
-    for item in extra:
-        args += ["-e", item if isinstance(item, str) else json.dumps(item)]
-    return run_ansible("ansible-playbook", REPO / "playbooks" / "recover.yml", *args,
-                       inventory=lab.inventory_path, check=check)
-
-
-def dq_take_backup(lab: Lab) -> dict:
-    before = set(manifests(_dq_store(lab)))
-    run_ansible("ansible-playbook", REPO / "playbooks" / "backup.yml", inventory=lab.inventory_path)
-    new = sorted(n for n in set(manifests(_dq_store(lab))) - before if not n.startswith("orphan-"))
-    assert len(new) == 1, new
-    return manifests(_dq_store(lab))[new[0]]
-
-
-def dq_lose_every_member(lab: Lab) -> dict:
+def lose_every_dqlite_member(lab: Lab) -> dict:
     """Power off every dqlite member and move its whole data directory away (raft files and the
     app's info.yaml and cluster.yaml: nothing of the member is left). Kept on the lab's side."""
     lab.power_off("dqlite")
@@ -216,7 +195,7 @@ def dq_rows(lab: Lab, host) -> int:
     return int(proc.stdout.strip().splitlines()[-1])
 
 
-def dq_assert_restored(lab: Lab, manifest: dict, out: str) -> None:
+def assert_dqlite_restored(lab: Lab, manifest: dict, out: str) -> None:
     assert "backup %s" % manifest["name"] in out
     assert "recovery r" in out and ": COMPLETE" in out, out[-3000:]
     hosts = lab.hosts()
@@ -233,30 +212,20 @@ def dq_assert_restored(lab: Lab, manifest: dict, out: str) -> None:
         assert lab.check_keys(host, "dqlite", 3, "after-restore", size=16).get("ok"), host.name
 
 
-def dq_fingerprints(lab: Lab) -> dict:
-    found = {"h4": fingerprint(lab.host("h4").real_path(STORE))}
-    for host in lab.hosts():
-        for path in (DQLITE_DIR, STATE):
-            real = host.real_path(path)
-            found["%s:%s" % (host.name, path)] = fingerprint(real) if real.exists() else {}
-    return found
-
-
 def test_dqlite_whole_cluster_loss_recovered_from_the_newest_off_node_backup(blab, tmp_path):
     # the backup as test_backup's dqlite test checks it (that test runs in the full tier; this one
     # takes the same backup.yml run and then restores it)
-    manifest = check_backup(_dq_store(blab), dq_take_backup(blab)["name"])
+    manifest = check_backup(_store(blab, "dqlite"), take_backup(blab, engine="dqlite")["name"])
     assert manifest["verified"]["how"] == "facts-full+dqlite-started-alone"
     assert manifest["verified"]["rows"] >= 1000  # the lab's 1000 rows, acknowledged before the backup
     names = [f["name"] for f in manifest["files"]]
     assert "node/info.yaml" in names and any(n.startswith("raft/") for n in names)
-    dq_lose_every_member(blab)
-    proc = dq_recover(blab, tmp_path, "recover_from_backup=newest")
-    out = proc.stdout
+    lose_every_dqlite_member(blab)
+    out = recover(blab, tmp_path, "recover_from_backup=newest", engine="dqlite").stdout
     assert "restoring backup %s (counter %d" % (manifest["name"], manifest["counter"]) in out
-    assert "from h4:%s" % (STORE + "/" + DQ_SUBDIR) in out
-    dq_assert_restored(blab, manifest, out)
-    journal = json.loads(blab.host("h1").real_path(STATE + "/journal.json").read_text())
+    assert "from h4:%s" % (STORE + "/" + ENGINES["dqlite"]["subdir"]) in out
+    assert_dqlite_restored(blab, manifest, out)
+    journal = json.loads(blab.host("h1").real_path(STATE + "/" + ENGINES["dqlite"]["journal"]).read_text())
     assert journal["plan"]["source"]["step"] == "backup" and journal["plan"]["source"]["backup"] == manifest["name"]
     assert journal["status"] == "complete"
     # the backup's raft files went to the winner only, and the reconfigure ran there only, once
@@ -264,36 +233,43 @@ def test_dqlite_whole_cluster_loss_recovered_from_the_newest_off_node_backup(bla
     for task in ("Put the backup's raft files in the winner's data directory", "Reconfigure ONCE"):
         section = out.split("TASK [quorum.recovery.recover : %s" % task, 1)[1].split("\nTASK [", 1)[0]
         assert re.findall(r"^(?:changed|ok): \[(\w+)", section, re.M) == [winner], (task, section)
-    again = dq_recover(blab, tmp_path, "recover_from_backup=newest").stdout
+    again = recover(blab, tmp_path, "recover_from_backup=newest", engine="dqlite").stdout
     assert "nothing to do" in again and "restoring backup" not in again
 
 
 @pytest.mark.full
 def test_dqlite_rollback_without_confirmation_is_refused_and_changes_nothing(blab, tmp_path):
-    newest = dq_take_backup(blab)
+    newest = take_backup(blab, engine="dqlite")
     hosts = blab.hosts()
     blab.client(hosts[0], "dqlite-put", *blab.client_target(hosts[0], "dqlite"), "--prefix", "after-backup",
                 "--count", "5", "--start", "0", "--size", "16")
     for host in hosts:  # stopped first: a running member changes its own files whatever the run does
         blab.service(host, "dqlite", "stop")
-    before = dq_fingerprints(blab)
+    before = fingerprints(blab, "dqlite")
     try:
-        assert_rollback_refused(dq_recover(blab, tmp_path, "recover_from_backup=newest", check=False), newest)
-        assert dq_fingerprints(blab) == before
+        assert_rollback_refused(recover(blab, tmp_path, "recover_from_backup=newest", check=False, engine="dqlite"),
+                                newest)
+        assert fingerprints(blab, "dqlite") == before
     finally:
         blab.start_all(hosts, "dqlite")  # together: a restarted member waits for a quorum before it serves
     for host in hosts:
         assert blab.check_keys(host, "dqlite", 5, "after-backup", size=16).get("ok"), host.name
 
 
+LOSE = {"etcd": lose_every_member, "dqlite": lose_every_dqlite_member}
+RESTORED = {"etcd": assert_restored, "dqlite": assert_dqlite_restored}
+
+
 @pytest.mark.full
-def test_dqlite_corrupted_newest_backup_is_skipped_for_the_previous_one(blab, tmp_path):
-    previous = dq_take_backup(blab)
-    newest = dq_take_backup(blab)
-    payload = STORE + "/" + DQ_SUBDIR + "/" + newest["payload"]["file"]
+@pytest.mark.parametrize("engine", ["etcd", "dqlite"])
+def test_corrupted_newest_backup_is_skipped_for_the_previous_one(blab, tmp_path, engine):
+    previous = take_backup(blab, engine=engine)
+    newest = take_backup(blab, engine=engine)
+    payload = STORE + "/" + ENGINES[engine]["subdir"] + "/" + newest["payload"]["file"]
     blab.corrupt(blab.host("h4"), payload, offset=newest["payload"]["size"] // 2, flip=1)
-    dq_lose_every_member(blab)
-    out = dq_recover(blab, tmp_path, "recover_from_backup=newest").stdout
+    LOSE[engine](blab)
+    out = recover(blab, tmp_path, "recover_from_backup=newest", engine=engine).stdout
     assert "WARNING: backup %s is DAMAGED" % newest["name"] in out, out[-3000:]
     assert "previous verified backup %s is restored instead" % previous["name"] in out
-    dq_assert_restored(blab, previous, out)
+    assert "restoring backup %s" % previous["name"] in out
+    RESTORED[engine](blab, previous, out)
